@@ -1,0 +1,92 @@
+"""The env-worker loop: step a few environments with a batched policy and emit transitions.
+
+Environments are stepped synchronously inside one process (on 2 cores Gymnasium's
+`AsyncVectorEnv` loses to this: inter-process traffic dominates); parallelism comes
+from running several collectors, one per env-worker actor.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from .envs import make_env
+
+ActFn = Callable[[np.ndarray], np.ndarray]
+
+
+class EnvCollector:
+    def __init__(self, env_id: str, num_envs: int = 1, seed: int = 0, max_episode_steps: int | None = None):
+        self.env_id = env_id
+        self.envs = [make_env(env_id, max_episode_steps) for _ in range(num_envs)]
+        self.rng = np.random.default_rng(seed)
+        self.obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)]).astype(np.float32)
+        for i, env in enumerate(self.envs):
+            env.action_space.seed(seed + 1000 + i)
+        self.episode_return = np.zeros(num_envs)
+        self.episode_length = np.zeros(num_envs, np.int64)
+        self.dropped_episodes = 0
+
+    def random_actions(self, obs: np.ndarray) -> np.ndarray:
+        return np.stack([env.action_space.sample() for env in self.envs[: len(obs)]]).astype(np.float32)
+
+    def collect(self, num_steps: int, act: ActFn | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
+        """Step the envs `num_steps` times in all (round-robin) and return the transitions.
+
+        Returns a batch of arrays and the finished episodes' `{"return", "length"}`.
+        `act=None` acts uniformly at random. A step whose observation or reward is not
+        finite is dropped and ends its episode, with a warning naming the env: a
+        non-finite value would poison the model's normalisers and losses.
+        """
+        act = act or self.random_actions
+        out: list[dict] = []
+        episodes: list[dict] = []
+        steps = 0
+        while steps < num_steps:
+            actions = np.asarray(act(self.obs), np.float32)
+            for i, env in enumerate(self.envs[: num_steps - steps]):
+                next_obs, reward, terminated, truncated, _ = env.step(actions[i])
+                next_obs = np.asarray(next_obs, np.float32)
+                steps += 1
+                finite = bool(np.isfinite(next_obs).all() and np.isfinite(reward))
+                if finite:
+                    out.append(
+                        {
+                            "obs": self.obs[i].copy(),
+                            "action": actions[i],
+                            "reward": np.float32(reward),
+                            "next_obs": next_obs,
+                            "terminated": np.float32(terminated),
+                            "truncated": np.float32(truncated),
+                        }
+                    )
+                    self.episode_return[i] += reward
+                    self.episode_length[i] += 1
+                else:
+                    warnings.warn(
+                        f"env '{self.env_id}' returned a non-finite observation or reward; "
+                        "dropping that step and ending its episode",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    self.dropped_episodes += 1
+                if terminated or truncated or not finite:
+                    if finite:
+                        episodes.append({"return": float(self.episode_return[i]), "length": int(self.episode_length[i])})
+                    next_obs, _ = env.reset(seed=int(self.rng.integers(2**31)))
+                    self.episode_return[i] = 0.0
+                    self.episode_length[i] = 0
+                self.obs[i] = next_obs
+        return stack_transitions(out), episodes
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def stack_transitions(items: list[dict]) -> dict[str, np.ndarray]:
+    if not items:
+        return {}
+    return {k: np.stack([t[k] for t in items]) for k in items[0]}

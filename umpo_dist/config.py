@@ -1,0 +1,322 @@
+"""Typed run configuration: nested dataclasses loaded from YAML, validated on load.
+
+Every field carries its meaning in a comment; `configs/*.yaml` hold per-task
+overrides, and `--set section.key=value` overrides single fields on the command
+line. Any unknown key, wrong type, out-of-range value or unknown environment id is
+a `ConfigError` that names it, raised before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the offending key."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = "InvertedPendulum-v5"  # Gymnasium environment id
+    max_episode_steps: int = 1000  # episode step limit (truncation)
+    eval_episodes: int = 5  # evaluation episodes per evaluation round
+
+
+@dataclass
+class ReplayConfig:
+    capacity: int = 1_000_000  # ring buffer size: the window is the `capacity` newest items
+    sampling: str = "linear"  # "linear" (newer weighted up, rank-proportional) or "uniform"
+
+
+@dataclass
+class ModelConfig:
+    ensemble_size: int = 7  # E, number of bootstrap members
+    hidden_layers: int = 4  # hidden layers per member
+    hidden_size: int = 200  # units per hidden layer
+    elites: int = 5  # members with the best held-out loss, tracked and reported
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 1e-5  # L2 penalty on the weights
+    batch_size: int = 256  # samples per member per update
+    holdout_fraction: float = 0.1  # share of transitions kept out of training for validation
+    holdout_capacity: int = 5000  # newest held-out transitions kept for validation
+    validate_every: int = 250  # model updates between held-out evaluations
+
+
+@dataclass
+class PolicyConfig:
+    hidden_layers: int = 2  # hidden layers of actor and value networks
+    hidden_size: int = 128  # units per hidden layer
+    horizon: int = 5  # H, imagined steps per rollout
+    risk_lambda: float = 0.5  # λ in mean − λ·std over member returns (0 = risk-neutral)
+    gamma: float = 0.99  # discount
+    lambda_return: float = 0.95  # λ of the value targets' λ-returns
+    start_states: int = 128  # start states per policy update
+    actor_lr: float = 3e-4
+    value_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    init_temperature: float = 1.0  # initial entropy temperature α (auto-tuned)
+    target_entropy_scale: float = 1.0  # target entropy = −scale · action_dim
+    target_tau: float = 0.01  # Polyak rate of the slow value target
+    grad_clip: float = 10.0  # global gradient-norm clip
+    state_clip_sigmas: float = 5.0  # imagined states kept within the data's mean ± this many σ
+
+
+@dataclass
+class TrainConfig:
+    total_env_steps: int = 20_000  # environment-step budget of the run
+    random_steps: int = 500  # initial steps with uniformly random actions
+    model_warmup_updates: int = 300  # model updates before the first policy update
+    model_updates_per_step: float = 0.5  # target model updates per env step
+    policy_updates_per_step: float = 1.0  # target policy updates per env step
+    train_every: int = 10  # env steps between learner rounds (inline runner)
+    eval_every: int = 1000  # env steps between evaluations
+    checkpoint_every: int = 5000  # env steps between checkpoints (0: only at the end)
+    stop_at_return: float | None = None  # stop once an evaluation reaches this return
+    seed: int = 0
+
+
+@dataclass
+class ResourcesConfig:
+    num_env_workers: int = 2  # Ray env-worker actors
+    envs_per_worker: int = 1  # environments stepped inside each worker
+    worker_cpus: float = 1.0  # CPUs each env worker requests
+    learner_cpus: float = 1.0  # CPUs each learner requests (also its torch threads)
+    learner_gpus: str = "auto"  # "auto" (1 each if the cluster has GPUs), or a number per learner
+    chunk_size: int = 100  # transitions an env worker pushes per message
+    ratio_tolerance: int = 500  # env steps the workers may run ahead of the learners
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "umpo-dist"  # MLflow experiment name
+    run_name: str | None = None  # MLflow run name (default: env id and seed)
+    log_every_s: float = 5.0  # seconds between metric flushes
+    runs_dir: str = "runs"  # local directory for run data and checkpoints
+
+
+@dataclass
+class Config:
+    runtime: str = "ray"  # "ray" (distributed actors) or "inline" (one process, no Ray)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# Allowed ranges, keyed by dotted name: (low, high, inclusive-low).
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "env.max_episode_steps": (1, float("inf"), True),
+    "env.eval_episodes": (1, float("inf"), True),
+    "replay.capacity": (1, float("inf"), True),
+    "model.ensemble_size": (1, float("inf"), True),
+    "model.hidden_layers": (1, float("inf"), True),
+    "model.hidden_size": (1, float("inf"), True),
+    "model.elites": (1, float("inf"), True),
+    "model.lr": (0, 1, False),
+    "model.weight_decay": (0, 1, True),
+    "model.batch_size": (1, float("inf"), True),
+    "model.holdout_fraction": (0, 0.5, True),
+    "model.holdout_capacity": (1, float("inf"), True),
+    "model.validate_every": (1, float("inf"), True),
+    "policy.hidden_layers": (1, float("inf"), True),
+    "policy.hidden_size": (1, float("inf"), True),
+    "policy.horizon": (1, 100, True),
+    "policy.risk_lambda": (0, float("inf"), True),
+    "policy.gamma": (0, 1, True),
+    "policy.lambda_return": (0, 1, True),
+    "policy.start_states": (1, float("inf"), True),
+    "policy.actor_lr": (0, 1, False),
+    "policy.value_lr": (0, 1, False),
+    "policy.alpha_lr": (0, 1, True),
+    "policy.init_temperature": (0, float("inf"), False),
+    "policy.target_entropy_scale": (-float("inf"), float("inf"), True),
+    "policy.target_tau": (0, 1, False),
+    "policy.grad_clip": (0, float("inf"), False),
+    "policy.state_clip_sigmas": (0, float("inf"), False),
+    "train.total_env_steps": (1, float("inf"), True),
+    "train.random_steps": (0, float("inf"), True),
+    "train.model_warmup_updates": (0, float("inf"), True),
+    "train.model_updates_per_step": (0, float("inf"), False),
+    "train.policy_updates_per_step": (0, float("inf"), False),
+    "train.train_every": (1, float("inf"), True),
+    "train.eval_every": (1, float("inf"), True),
+    "train.checkpoint_every": (0, float("inf"), True),
+    "train.seed": (0, 2**31 - 1, True),
+    "resources.num_env_workers": (1, float("inf"), True),
+    "resources.envs_per_worker": (1, float("inf"), True),
+    "resources.worker_cpus": (0, float("inf"), False),
+    "resources.learner_cpus": (0, float("inf"), False),
+    "resources.chunk_size": (1, float("inf"), True),
+    "resources.ratio_tolerance": (0, float("inf"), True),
+    "tracking.log_every_s": (0, float("inf"), True),
+}
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "runtime": ("ray", "inline"),
+    "replay.sampling": ("linear", "uniform"),
+}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against the field's type; ints are accepted where floats are."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"config key '{key}' must be of type {name}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        where = f"section '{prefix}'" if prefix else "the config file"
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(data).__name__}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{dotted}'{hint}; valid keys here: {', '.join(names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(value, hint, dotted)
+    return cls(**kwargs)
+
+
+def _walk(obj: Any, prefix: str = ""):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
+def validate(cfg: Config, check_env: bool = True) -> Config:
+    """Range and choice checks, cross-field checks, and the env id; returns `cfg`."""
+    for key, value in _walk(cfg):
+        if key in _RANGES and value is not None:
+            low, high, inclusive = _RANGES[key]
+            ok = (value >= low if inclusive else value > low) and value <= high
+            if not ok:
+                bracket = "[" if inclusive else "("
+                raise ConfigError(f"config key '{key}' = {value!r} is out of range {bracket}{low}, {high}]")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError(f"config key '{key}' = {value!r} must be one of {', '.join(_CHOICES[key])}")
+    if cfg.model.elites > cfg.model.ensemble_size:
+        raise ConfigError(
+            f"config key 'model.elites' = {cfg.model.elites} exceeds 'model.ensemble_size' = {cfg.model.ensemble_size}"
+        )
+    gpus = cfg.resources.learner_gpus
+    if gpus != "auto":
+        try:
+            ok = float(gpus) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"config key 'resources.learner_gpus' = {gpus!r} must be 'auto' or a number >= 0")
+    if check_env:
+        _check_env_id(cfg.env.id)
+    return cfg
+
+
+def _check_env_id(env_id: str) -> None:
+    import gymnasium as gym
+
+    if env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"config key 'env.id' = {env_id!r} is not a registered Gymnasium environment{hint}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` with the value parsed as YAML (so 5 is an int and 'null' is None)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _apply_override(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), check_env: bool = True) -> Config:
+    data = dict(data) if isinstance(data, dict) else data
+    for text in overrides:
+        if not isinstance(data, dict):
+            break
+        key, value = parse_override(text)
+        _apply_override(data, key, value)
+    return validate(_build(Config, data if data is not None else {}, ""), check_env=check_env)
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_env: bool = True) -> Config:
+    """Load a YAML config file, apply `--set` overrides and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    return from_dict(data if data is not None else {}, overrides, check_env=check_env)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """Dotted key → value, for MLflow params."""
+    return dict(_walk(cfg))
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

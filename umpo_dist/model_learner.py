@@ -1,0 +1,59 @@
+"""Trains the ensemble dynamics model: bootstrap-weighted NLL, held-out validation, elites."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .devices import state_to_cpu, to_tensors
+from .ensemble import EnsembleDynamics
+
+
+class ModelLearner:
+    def __init__(self, cfg: ModelConfig, obs_dim: int, action_dim: int, device: torch.device | str = "cpu", seed: int = 0):
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.model = EnsembleDynamics(obs_dim, action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.updates = 0
+        self.version = 0  # bumped whenever weights are published
+
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """One gradient step on a replay batch (with its bootstrap `weights`)."""
+        b = to_tensors(batch, self.device)
+        self.model.input_norm.update(torch.cat([b["obs"], b["action"]], -1))
+        self.model.target_norm.update(self.model.targets(b))
+        loss, metrics = self.model.loss(b, b["weights"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.updates += 1
+        return metrics
+
+    def validate(self, holdout: dict[str, np.ndarray]) -> dict[str, float]:
+        """Held-out NLL/MSE per member; the `elites` best members are recorded in the model."""
+        if len(holdout["reward"]) == 0:
+            return {}
+        per_member = self.model.evaluate(to_tensors(holdout, self.device))
+        order = torch.argsort(per_member["nll"])
+        elites = order[: self.cfg.elites]
+        self.model.elite_mask.zero_()
+        self.model.elite_mask[elites] = True
+        return {
+            "model/val_nll": float(per_member["nll"][elites].mean()),
+            "model/val_mse": float(per_member["mse"][elites].mean()),
+            "model/val_nll_all": float(per_member["nll"].mean()),
+        }
+
+    def weights(self) -> dict:
+        return state_to_cpu(self.model.state_dict())
+
+    def state(self) -> dict:
+        return {"model": self.weights(), "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,63 @@
+"""The explicit policy (tanh-squashed Gaussian) and the value function."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def mlp(in_size: int, out_size: int, hidden_layers: int, hidden_size: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    size = in_size
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(size, hidden_size), nn.SiLU()]
+        size = hidden_size
+    layers.append(nn.Linear(size, out_size))
+    return nn.Sequential(*layers)
+
+
+class TanhGaussianPolicy(nn.Module):
+    """π(a|s): a Gaussian squashed by tanh and scaled to the action box; reparameterised samples."""
+
+    def __init__(self, obs_dim: int, action_low, action_high, hidden_layers: int = 2, hidden_size: int = 128):
+        super().__init__()
+        low = torch.as_tensor(np.asarray(action_low, np.float32))
+        high = torch.as_tensor(np.asarray(action_high, np.float32))
+        self.obs_dim, self.action_dim = obs_dim, low.numel()
+        self.net = mlp(obs_dim, 2 * self.action_dim, hidden_layers, hidden_size)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False):
+        """Returns an action in the env's box and its log-probability (summed over action dims)."""
+        mu, log_std = self.net(obs).chunk(2, -1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        std = log_std.exp()
+        u = mu if deterministic else mu + std * torch.randn_like(mu)
+        y = torch.tanh(u)
+        # log N(u; mu, std) − log |d a / d u|, with the numerically stable form of log(1 − tanh²u).
+        gauss = -0.5 * (((u - mu) / std) ** 2) - log_std - 0.5 * math.log(2 * math.pi)
+        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u)) + torch.log(self.action_scale)
+        logp = (gauss - log_det).sum(-1)
+        return y * self.action_scale + self.action_bias, logp
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        param = next(self.parameters())
+        a, _ = self(torch.as_tensor(obs, dtype=param.dtype, device=param.device), deterministic)
+        return a.cpu().numpy()
+
+
+class ValueFunction(nn.Module):
+    def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden_layers, hidden_size)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)

@@ -1,0 +1,193 @@
+"""Replay storage: a ring buffer with linearly weighted sampling and online bootstrap weights.
+
+Plain numpy, no Ray: the replay actor wraps exactly this class.
+
+Linear weights: with `n` items in the window, the item of age rank `r` (oldest 1,
+newest `n`) is drawn with probability `2r / (n(n+1))`. In an online process that
+draws once per step, item `i` is then drawn `2(1 − i/(T+1))` times in expectation by
+step `T` — about the same for every item — where uniform sampling draws early
+items `ln(T/i)` times (see `../shared/design.md` §1.1). The CDF of the rank is
+`r(r+1)/(n(n+1))`, so one draw is a closed-form inverse: O(1), no sum-tree.
+
+Online bagging: each inserted transition gets `k_e ~ Poisson(1)` per ensemble member,
+the stream analogue of a bootstrap resample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+
+
+def linear_ranks(u: np.ndarray, n: int) -> np.ndarray:
+    """Map uniforms in [0, 1) to age ranks 1..n with P(r) = 2r / (n(n+1)).
+
+    Inverse CDF: the smallest r with r(r+1)/2 >= u·n(n+1)/2.
+    """
+    r = np.ceil((np.sqrt(1.0 + 4.0 * u * n * (n + 1.0)) - 1.0) / 2.0)
+    return np.clip(r, 1, n).astype(np.int64)
+
+
+class ReplayBuffer:
+    """Ring buffer of transitions with global insertion indices.
+
+    Each transition also carries a held-out flag (kept out of model training, used
+    for validation) and `ensemble_size` bootstrap weights drawn at insert.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        capacity: int,
+        ensemble_size: int,
+        sampling: str = "linear",
+        holdout_fraction: float = 0.1,
+        seed: int = 0,
+    ):
+        if sampling not in ("linear", "uniform"):
+            raise ValueError(f"sampling must be 'linear' or 'uniform', got {sampling!r}")
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.capacity, self.ensemble_size = capacity, ensemble_size
+        self.sampling = sampling
+        self.holdout_fraction = holdout_fraction
+        self.rng = np.random.default_rng(seed)
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.action = np.zeros((capacity, action_dim), np.float32)
+        self.reward = np.zeros(capacity, np.float32)
+        self.terminated = np.zeros(capacity, np.float32)
+        self.truncated = np.zeros(capacity, np.float32)
+        self.global_index = np.zeros(capacity, np.int64)
+        self.bootstrap = np.zeros((capacity, ensemble_size), np.float32)
+        self.holdout = np.zeros(capacity, bool)
+        self.total_inserted = 0
+
+    @classmethod
+    def from_config(cls, cfg, obs_dim: int, action_dim: int, seed: int = 0) -> "ReplayBuffer":
+        """From a full `Config`: replay section, ensemble size and held-out share."""
+        return cls(obs_dim, action_dim, cfg.replay.capacity, cfg.model.ensemble_size, cfg.replay.sampling,
+                   cfg.model.holdout_fraction, seed)
+
+    def __len__(self) -> int:
+        return min(self.total_inserted, self.capacity)
+
+    # -- insert ---------------------------------------------------------------
+    def insert(self, batch: dict[str, np.ndarray]) -> int:
+        """Insert a batch of transitions (dict of arrays with a leading batch axis)."""
+        m = len(batch["reward"])
+        if m == 0:
+            return 0
+        for name, shape in (("obs", self.obs_dim), ("next_obs", self.obs_dim), ("action", self.action_dim)):
+            arr = np.asarray(batch[name])
+            if arr.shape != (m, shape):
+                raise ValueError(f"replay insert: '{name}' has shape {arr.shape}, expected {(m, shape)}")
+        # Draw per-transition randomness for all m (keeps the stream reproducible), store the last `capacity`.
+        boot = self.rng.poisson(1.0, size=(m, self.ensemble_size)).astype(np.float32)
+        hold = self.rng.random(m) < self.holdout_fraction
+        keep = slice(max(0, m - self.capacity), m)
+        g = self.total_inserted + np.arange(m, dtype=np.int64)[keep]
+        pos = g % self.capacity
+        for name in FIELDS:
+            getattr(self, name)[pos] = np.asarray(batch[name])[keep]
+        self.global_index[pos] = g
+        self.bootstrap[pos] = boot[keep]
+        self.holdout[pos] = hold[keep]
+        self.total_inserted += m
+        return m
+
+    # -- sample ---------------------------------------------------------------
+    def sample_positions(self, batch_size: int, sampling: str | None = None) -> np.ndarray:
+        """Storage positions of `batch_size` draws (with replacement)."""
+        n = len(self)
+        if n == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        u = self.rng.random(batch_size)
+        if (sampling or self.sampling) == "linear":
+            ranks = linear_ranks(u, n)
+        else:
+            ranks = np.minimum((u * n).astype(np.int64) + 1, n)
+        oldest = self.total_inserted - n
+        return (oldest + ranks - 1) % self.capacity
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A model-training batch; `weights` (B, E) are the bootstrap weights, zero for held-out items."""
+        pos = self.sample_positions(batch_size)
+        out = {name: getattr(self, name)[pos] for name in FIELDS}
+        out["weights"] = self.bootstrap[pos] * (~self.holdout[pos])[:, None]
+        out["global_index"] = self.global_index[pos]
+        return out
+
+    def sample_start_states(self, n: int) -> np.ndarray:
+        return self.obs[self.sample_positions(n)]
+
+    def holdout_batch(self, max_items: int) -> dict[str, np.ndarray]:
+        """The newest held-out transitions in the window (up to `max_items`), for validation."""
+        n = len(self)
+        order = (self.total_inserted - n + np.arange(n)) % self.capacity
+        held = order[self.holdout[order]][-max_items:]
+        return {name: getattr(self, name)[held] for name in FIELDS}
+
+    def stats(self) -> dict[str, float]:
+        n = len(self)
+        return {
+            "size": n,
+            "total_inserted": self.total_inserted,
+            "reward_mean": float(self.reward[:n].mean()) if n else 0.0,
+        }
+
+    # -- persistence ----------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """The window oldest-first, the counters and the RNG state, as plain arrays."""
+        n = len(self)
+        order = (self.total_inserted - n + np.arange(n)) % self.capacity
+        state = {name: getattr(self, name)[order] for name in FIELDS + ("global_index", "bootstrap", "holdout")}
+        state["total_inserted"] = np.array(self.total_inserted)
+        state["rng_state"] = np.array(json.dumps(self.rng.bit_generator.state))
+        return state
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        n = len(state["reward"])
+        if state["obs"].shape[1:] != (self.obs_dim,) or state["action"].shape[1:] != (self.action_dim,):
+            raise ValueError(
+                f"replay state has obs/action sizes {state['obs'].shape[1:]}/{state['action'].shape[1:]}, "
+                f"this buffer expects ({self.obs_dim},)/({self.action_dim},)"
+            )
+        if state["bootstrap"].shape[1] != self.ensemble_size:
+            raise ValueError(
+                f"replay state has {state['bootstrap'].shape[1]} bootstrap weights per item, "
+                f"this buffer expects ensemble_size={self.ensemble_size}"
+            )
+        total = int(state["total_inserted"])
+        keep = slice(max(0, n - self.capacity), n)
+        g = np.asarray(state["global_index"])[keep]
+        pos = g % self.capacity
+        for name in FIELDS + ("global_index", "bootstrap", "holdout"):
+            getattr(self, name)[pos] = np.asarray(state[name])[keep]
+        self.total_inserted = total
+        self.rng.bit_generator.state = json.loads(str(state["rng_state"]))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `replay.npz` into `directory` atomically (temp file, then rename)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "replay.npz"
+        tmp = directory / "replay.npz.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **self.state())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def load(self, directory: str | Path) -> None:
+        path = Path(directory) / "replay.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"no replay file at '{path}'")
+        with np.load(path, allow_pickle=False) as data:
+            self.load_state({k: data[k] for k in data.files})
