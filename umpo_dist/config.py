@@ -76,6 +76,7 @@ class TrainConfig:
     model_updates_per_step: float = 0.5  # target model updates per env step
     policy_updates_per_step: float = 1.0  # target policy updates per env step
     train_every: int = 10  # env steps between learner rounds (inline runner)
+    updates_per_call: int = 50  # learner updates per actor call; weights are published after each call
     eval_every: int = 1000  # env steps between evaluations
     checkpoint_every: int = 5000  # env steps between checkpoints (0: only at the end)
     stop_at_return: float | None = None  # stop once an evaluation reaches this return
@@ -149,6 +150,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "train.model_updates_per_step": (0, float("inf"), False),
     "train.policy_updates_per_step": (0, float("inf"), False),
     "train.train_every": (1, float("inf"), True),
+    "train.updates_per_call": (1, float("inf"), True),
     "train.eval_every": (1, float("inf"), True),
     "train.checkpoint_every": (0, float("inf"), True),
     "train.seed": (0, 2**31 - 1, True),

@@ -19,7 +19,8 @@ def set_threads(cpus: float) -> None:
 
 
 def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device) for k, v in batch.items()}
+    # np.array copies: arrays from Ray's object store are read-only views.
+    return {k: torch.as_tensor(np.array(v, dtype=np.float32), device=device) for k, v in batch.items()}
 
 
 def state_to_cpu(state: dict) -> dict:

@@ -41,7 +41,27 @@ class InlineRunner:
         self.model_limiter = RateLimiter(t.model_updates_per_step, t.random_steps, t.model_warmup_updates)
         self.policy_limiter = RateLimiter(t.policy_updates_per_step, t.random_steps)
         self.env_steps = 0
+        self.next_eval = 0
         self.evaluations: list[tuple[int, float]] = []
+        self.episodes: list[tuple[int, float]] = []
+
+    def state(self) -> dict:
+        """The same checkpoint contents as the distributed driver's."""
+        counters = {"env_steps": self.env_steps, "model_updates": self.model_learner.updates,
+                    "policy_updates": self.policy_learner.updates, "evaluations": self.evaluations,
+                    "episodes": self.episodes[-10_000:], "next_eval": self.next_eval}
+        return {"replay": self.replay.state(), "model": self.model_learner.state(),
+                "policy": self.policy_learner.state(), "counters": counters}
+
+    def load_state(self, replay_state: dict, model_state: dict, policy_state: dict, counters: dict) -> None:
+        self.replay.load_state(replay_state)
+        self.model_learner.load_state(model_state)
+        self.policy_learner.load_state(policy_state)
+        self.policy_learner.set_model_weights(self.model_learner.model.state_dict(), self.model_learner.updates)
+        self.env_steps = int(counters["env_steps"])
+        self.next_eval = int(counters.get("next_eval", self.env_steps))
+        self.evaluations = [tuple(e) for e in counters.get("evaluations", [])]
+        self.episodes = [tuple(e) for e in counters.get("episodes", [])]
 
     def evaluate(self) -> float:
         result = evaluate_policy(
@@ -72,36 +92,50 @@ class InlineRunner:
             metrics = pl.update(self.replay.sample_start_states(self.cfg.policy.start_states))
         return metrics
 
-    def run(self) -> dict:
-        cfg, t = self.cfg, self.cfg.train
+    def run(self, checkpoint: Callable[["InlineRunner"], None] | None = None, progress=None) -> dict:
+        t = self.cfg.train
         start = time.perf_counter()
-        next_eval = 0
-        best = -np.inf
+        every = t.checkpoint_every
+        next_checkpoint = (self.env_steps // every + 1) * every if every else None
+        stopped_at = None
         while self.env_steps < t.total_env_steps:
-            if self.env_steps >= next_eval:
-                best = max(best, self.evaluate())
-                next_eval += t.eval_every
-                if t.stop_at_return is not None and best >= t.stop_at_return:
+            if self.env_steps >= self.next_eval:
+                ret = self.evaluate()
+                self.next_eval += t.eval_every
+                if t.stop_at_return is not None and ret >= t.stop_at_return:
+                    stopped_at = self.env_steps
                     break
             n = min(t.train_every, t.total_env_steps - self.env_steps)
             act = self.policy_learner.policy.act if self.env_steps >= t.random_steps else None
             batch, episodes = self.collector.collect(n, act)
             self.replay.insert(batch)
             self.env_steps += n
-            metrics = {f"episode/return": e["return"] for e in episodes[-1:]}
+            metrics: dict = {}
+            for ep in episodes:
+                self.episodes.append((self.env_steps, ep["return"]))
+                metrics["episode/return"] = ep["return"]
             metrics.update(self._train_model())
             metrics.update(self._train_policy())
             if metrics:
                 self.log(metrics, self.env_steps)
-        if self.env_steps >= next_eval or not self.evaluations or self.evaluations[-1][0] != self.env_steps:
-            best = max(best, self.evaluate())
-        elapsed = time.perf_counter() - start
+            if progress:
+                progress.update(self.env_steps, self.evaluations[-1][1] if self.evaluations else None, {})
+            if next_checkpoint is not None and self.env_steps >= next_checkpoint and self.env_steps < t.total_env_steps:
+                if checkpoint:
+                    checkpoint(self)
+                next_checkpoint += every
+        if not self.evaluations or self.evaluations[-1][0] != self.env_steps:
+            self.evaluate()
+        returns = [r for _, r in self.evaluations]
         return {
             "env_steps": self.env_steps,
             "model_updates": self.model_learner.updates,
             "policy_updates": self.policy_learner.updates,
-            "final_return": self.evaluations[-1][1],
-            "best_return": best,
+            "final_return": returns[-1],
+            "best_return": max(returns),
+            "reached_stop_return_at": stopped_at,
             "evaluations": self.evaluations,
-            "wall_s": elapsed,
+            "model_ratio": self.model_limiter.achieved(self.env_steps, self.model_learner.updates),
+            "policy_ratio": self.policy_limiter.achieved(self.env_steps, self.policy_learner.updates),
+            "wall_s": time.perf_counter() - start,
         }

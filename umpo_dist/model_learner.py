@@ -18,7 +18,6 @@ class ModelLearner:
         self.model = EnsembleDynamics(obs_dim, action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.updates = 0
-        self.version = 0  # bumped whenever weights are published
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         """One gradient step on a replay batch (with its bootstrap `weights`)."""

@@ -56,7 +56,7 @@ class PolicyLearner:
 
     def update(self, start_states: np.ndarray) -> dict[str, float]:
         cfg = self.cfg
-        start = torch.as_tensor(start_states, dtype=torch.float32, device=self.device)
+        start = torch.as_tensor(np.array(start_states, dtype=np.float32), device=self.device)
         low, high = self._state_bounds()
         alpha = self.log_alpha.exp().detach()
 
@@ -94,9 +94,9 @@ class PolicyLearner:
         self.updates += 1
         return {
             "policy/objective": float(objective.detach()),
-            "policy/return_mean": float(ret_mean),
-            "policy/return_std": float(ret_std),
-            "policy/entropy": float(entropy),
+            "policy/return_mean": float(ret_mean.detach()),
+            "policy/return_std": float(ret_std.detach()),
+            "policy/entropy": float(entropy.detach()),
             "policy/alpha": float(alpha),
             "policy/value_loss": float(value_loss),
             "policy/actor_grad_norm": float(actor_grad),

@@ -176,18 +176,25 @@ class ReplayBuffer:
         """Write `replay.npz` into `directory` atomically (temp file, then rename)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "replay.npz"
-        tmp = directory / "replay.npz.tmp"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **self.state())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return path
+        return write_replay_state(self.state(), directory / "replay.npz")
 
     def load(self, directory: str | Path) -> None:
-        path = Path(directory) / "replay.npz"
-        if not path.is_file():
-            raise FileNotFoundError(f"no replay file at '{path}'")
-        with np.load(path, allow_pickle=False) as data:
-            self.load_state({k: data[k] for k in data.files})
+        self.load_state(read_replay_state(Path(directory) / "replay.npz"))
+
+
+def write_replay_state(state: dict[str, np.ndarray], path: Path) -> Path:
+    """Write a replay state to `path` via a temp file and a rename, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **state)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_replay_state(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no replay file at '{path}'")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

@@ -1,0 +1,184 @@
+"""EnvCollector on a real MuJoCo env: transition layout, episode bookkeeping, non-finite steps."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import umpo_dist.collector as collector_mod
+from umpo_dist.collector import EnvCollector, stack_transitions
+from umpo_dist.envs import env_spec, make_env
+
+ENV_ID = "InvertedPendulum-v5"
+KEYS = {"obs", "action", "reward", "next_obs", "terminated", "truncated"}
+
+
+def check_shapes(batch: dict[str, np.ndarray], n: int) -> None:
+    assert set(batch) == KEYS
+    assert batch["obs"].shape == (n, 4) and batch["next_obs"].shape == (n, 4)
+    assert batch["action"].shape == (n, 1)
+    for k in ("reward", "terminated", "truncated"):
+        assert batch[k].shape == (n,), k
+    for k, v in batch.items():
+        assert v.dtype == np.float32, k
+        assert np.isfinite(v).all(), k
+
+
+def test_env_spec():
+    spec = env_spec(ENV_ID)
+    assert spec.obs_dim == 4 and spec.action_dim == 1
+    assert spec.action_low == (-3.0,) and spec.action_high == (3.0,)
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_collect_random_actions(num_envs):
+    col = EnvCollector(ENV_ID, num_envs=num_envs, seed=0, max_episode_steps=6)
+    n = 300
+    batch, episodes = col.collect(n)
+    check_shapes(batch, n)
+    assert (np.abs(batch["action"]) <= 3.0).all()
+    assert set(np.unique(batch["terminated"])) <= {0.0, 1.0}
+    assert set(np.unique(batch["truncated"])) <= {0.0, 1.0}
+    ended = (batch["terminated"] + batch["truncated"]) > 0
+    assert ended.any()
+    assert batch["truncated"].any(), "a 6-step limit truncates some episodes"
+    # Round robin: transition k comes from env k % num_envs, and its next_obs is the obs of
+    # that env's next transition unless the episode ended there.
+    continued = 0
+    for k in range(n - num_envs):
+        if ended[k]:
+            assert not np.array_equal(batch["next_obs"][k], batch["obs"][k + num_envs])
+        else:
+            np.testing.assert_array_equal(batch["next_obs"][k], batch["obs"][k + num_envs])
+            continued += 1
+    assert continued > n // 2
+    # InvertedPendulum-v5 pays 1 per step and 0 on the terminating step.
+    np.testing.assert_array_equal(batch["reward"], 1.0 - batch["terminated"])
+    # Finished episodes: one per ended transition; return = length, or length − 1 if it terminated.
+    assert len(episodes) == int(ended.sum())
+    for ep in episodes:
+        assert 1 <= ep["length"] <= 6
+        assert ep["return"] in (ep["length"], ep["length"] - 1)
+    assert sum(ep["length"] for ep in episodes) <= n
+    assert sum(ep["length"] - ep["return"] for ep in episodes) == int(batch["terminated"].sum())
+    assert col.dropped_episodes == 0
+    col.close()
+
+
+def test_collect_continues_across_calls_and_uses_the_policy():
+    col = EnvCollector(ENV_ID, num_envs=2, seed=1, max_episode_steps=1000)
+    seen = []
+
+    def act(obs):
+        seen.append(obs.copy())
+        return np.full((len(obs), 1), 0.25, np.float32)
+
+    b1, _ = col.collect(4, act)
+    b2, _ = col.collect(4, act)
+    check_shapes(b1, 4)
+    check_shapes(b2, 4)
+    np.testing.assert_array_equal(b1["action"], 0.25)
+    assert seen[0].shape == (2, 4)
+    for k in range(2):  # the second call picks up where the first left off, per env
+        if not (b1["terminated"][2 + k] or b1["truncated"][2 + k]):
+            np.testing.assert_array_equal(b2["obs"][k], b1["next_obs"][2 + k])
+    col.close()
+
+
+def test_collect_is_reproducible_with_a_seed():
+    a, _ = EnvCollector(ENV_ID, num_envs=2, seed=7, max_episode_steps=20).collect(100)
+    b, _ = EnvCollector(ENV_ID, num_envs=2, seed=7, max_episode_steps=20).collect(100)
+    for k in KEYS:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+class NaNObservation(gym.Wrapper):
+    """Emits a NaN observation on every `every`-th step."""
+
+    def __init__(self, env, every: int):
+        super().__init__(env)
+        self.every, self.calls, self.nan_steps = every, 0, 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.calls += 1
+        if self.calls % self.every == 0:
+            obs = np.full_like(obs, np.nan)
+            self.nan_steps += 1
+        return obs, reward, terminated, truncated, info
+
+
+def test_non_finite_observation_is_dropped_with_a_warning(monkeypatch):
+    made = []
+
+    def make_nan_env(env_id, max_episode_steps=None):
+        env = NaNObservation(make_env(env_id, max_episode_steps), every=4)
+        made.append(env)
+        return env
+
+    monkeypatch.setattr(collector_mod, "make_env", make_nan_env)
+    col = EnvCollector(ENV_ID, num_envs=2, seed=0, max_episode_steps=50)
+    n = 40
+    with pytest.warns(RuntimeWarning, match=ENV_ID) as record:
+        batch, episodes = col.collect(n)
+    nan_steps = sum(env.nan_steps for env in made)
+    assert nan_steps == n // 4  # 20 steps per env, every 4th is NaN
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == nan_steps
+    assert col.dropped_episodes == nan_steps
+    # The bad steps are gone and nothing non-finite is returned.
+    check_shapes(batch, n - nan_steps)
+    # A dropped step ends its episode: the episode is not reported as finished.
+    ended = int(((batch["terminated"] + batch["truncated"]) > 0).sum())
+    assert len(episodes) == ended
+    # The collector keeps going from a fresh episode.
+    assert np.isfinite(col.obs).all()
+
+
+def test_non_finite_reward_is_dropped(monkeypatch):
+    class NaNReward(gym.Wrapper):
+        def step(self, action):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            return obs, float("inf"), terminated, truncated, info
+
+    monkeypatch.setattr(collector_mod, "make_env", lambda env_id, max_episode_steps=None: NaNReward(make_env(env_id)))
+    col = EnvCollector(ENV_ID, num_envs=1, seed=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        batch, episodes = col.collect(5)
+    assert batch == {} and episodes == []
+    assert col.dropped_episodes == 5
+    assert sum(ENV_ID in str(w.message) for w in record) == 5
+
+
+@pytest.mark.xfail(reason="observations returned by reset() are not checked for finiteness; see report", strict=False)
+def test_non_finite_reset_observation_never_reaches_the_batch(monkeypatch):
+    class NaNReset(gym.Wrapper):
+        def __init__(self, env):
+            super().__init__(env)
+            self.resets = 0
+
+        def reset(self, **kwargs):
+            obs, info = self.env.reset(**kwargs)
+            self.resets += 1
+            if self.resets == 2:  # the first reset after an episode ends
+                obs = np.full_like(obs, np.nan)
+            return obs, info
+
+    monkeypatch.setattr(collector_mod, "make_env",
+                        lambda env_id, max_episode_steps=None: NaNReset(make_env(env_id, max_episode_steps)))
+    col = EnvCollector(ENV_ID, num_envs=1, seed=0, max_episode_steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch, _ = col.collect(10)
+    for k, v in batch.items():
+        assert np.isfinite(v).all(), k
+
+
+def test_stack_transitions():
+    assert stack_transitions([]) == {}
+    items = [{"a": np.float32(i), "b": np.array([i, i], np.float32)} for i in range(3)]
+    out = stack_transitions(items)
+    assert out["a"].shape == (3,) and out["b"].shape == (3, 2)

@@ -1,0 +1,190 @@
+"""Checkpoints: the whole learning state of a run, written atomically, verified on load.
+
+A checkpoint is a directory `checkpoints/step_<env_steps>` holding
+
+- `replay.npz`        the replay window, counters and sampler RNG (plain arrays)
+- `model_learner.pt`  ensemble weights, normalisers, optimiser state, update count
+- `policy_learner.pt` policy, value, target value, temperature, optimisers, update count
+- `counters.json`     env steps, versions, evaluations, RNG states of the driver
+- `manifest.json`     sizes and SHA-256 of every file, and the shapes it was made for
+
+It is written into a temporary directory and renamed into place, then `latest` is
+replaced; a crash mid-write leaves the previous checkpoint intact. Tensors are read
+with `torch.load(weights_only=True)`: nothing from a run directory is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .replay import read_replay_state, write_replay_state
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+KEEP = 2  # checkpoints kept per run
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, damaged or made for another setting; names the path."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _torch_save(obj, path: Path) -> None:
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    env_steps: int,
+    replay_state: dict,
+    model_state: dict,
+    policy_state: dict,
+    counters: dict,
+    meta: dict,
+) -> Path:
+    """Write a checkpoint under `run_dir/checkpoints/` and point `latest` at it."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{env_steps:010d}"
+    tmp = root / f".tmp_step_{env_steps:010d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write_replay_state(replay_state, tmp / "replay.npz")
+    _torch_save(model_state, tmp / "model_learner.pt")
+    _torch_save(policy_state, tmp / "policy_learner.pt")
+    _fsync_write(tmp / "counters.json", json.dumps(counters, indent=1).encode())
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+    manifest = {"format": FORMAT_VERSION, "env_steps": env_steps, "meta": meta, "files": files}
+    _fsync_write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    latest_tmp = root / "latest.tmp"
+    _fsync_write(latest_tmp, final.name.encode())
+    os.replace(latest_tmp, root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory / its `checkpoints/` (then the latest one)."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        pointer = root / "latest"
+        if pointer.is_file():
+            target = root / pointer.read_text().strip()
+            if (target / MANIFEST).is_file():
+                return target
+            raise CheckpointError(f"checkpoint '{target}' named by '{pointer}' has no {MANIFEST}")
+    raise CheckpointError(f"no checkpoint at '{path}' (expected a {MANIFEST} or a checkpoints/latest pointer)")
+
+
+def verify_checkpoint(path: str | Path, expect_meta: dict | None = None) -> dict:
+    """Check every file's size and checksum, and that the shapes fit `expect_meta`; returns the manifest."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint '{path}': unreadable {MANIFEST} ({exc})") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint '{path}': format {manifest.get('format')!r}, this version reads {FORMAT_VERSION}")
+    for name, info in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint '{path}': file '{name}' is missing")
+        size = file.stat().st_size
+        if size != info["bytes"]:
+            raise CheckpointError(f"checkpoint '{path}': file '{name}' is truncated or altered ({size} bytes, manifest says {info['bytes']})")
+        if _sha256(file) != info["sha256"]:
+            raise CheckpointError(f"checkpoint '{path}': file '{name}' is corrupted (SHA-256 does not match the manifest)")
+    for key, want in (expect_meta or {}).items():
+        have = manifest["meta"].get(key)
+        if have != want:
+            raise CheckpointError(f"checkpoint '{path}' was made for {key}={have!r}, this run has {key}={want!r}")
+    return manifest
+
+
+def load_checkpoint(path: str | Path, expect_meta: dict | None = None) -> dict:
+    """Verify, then read everything; nothing is returned unless every file checked out."""
+    path = resolve_checkpoint(path)
+    manifest = verify_checkpoint(path, expect_meta)
+    try:
+        return {
+            "path": path,
+            "manifest": manifest,
+            "replay": read_replay_state(path / "replay.npz"),
+            "model": torch.load(path / "model_learner.pt", weights_only=True, map_location="cpu"),
+            "policy": torch.load(path / "policy_learner.pt", weights_only=True, map_location="cpu"),
+            "counters": json.loads((path / "counters.json").read_text()),
+        }
+    except Exception as exc:  # checksums matched, so this is a file written by something else
+        raise CheckpointError(f"checkpoint '{path}' could not be read: {exc}") from None
+
+
+# -- the exported policy --------------------------------------------------------
+
+def export_policy(path: str | Path, policy_weights: dict, env_id: str, obs_dim: int, action_low, action_high,
+                  hidden_layers: int, hidden_size: int) -> Path:
+    """A self-describing policy file: `load_policy(path).act(obs)` gives actions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "env_id": env_id,
+        "obs_dim": obs_dim,
+        "action_low": [float(x) for x in action_low],
+        "action_high": [float(x) for x in action_high],
+        "hidden_layers": hidden_layers,
+        "hidden_size": hidden_size,
+        "state_dict": policy_weights,
+    }
+    tmp = path.with_suffix(".tmp")
+    _torch_save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_policy(path: str | Path):
+    """Load an exported policy (`policy.pt`) as a `TanhGaussianPolicy` on the CPU."""
+    from .policy import TanhGaussianPolicy
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no policy file at '{path}'")
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+        policy = TanhGaussianPolicy(
+            payload["obs_dim"], np.array(payload["action_low"]), np.array(payload["action_high"]),
+            payload["hidden_layers"], payload["hidden_size"],
+        )
+        policy.load_state_dict(payload["state_dict"])
+    except Exception as exc:
+        raise CheckpointError(f"policy file '{path}' could not be read: {exc}") from None
+    policy.env_id = payload["env_id"]
+    return policy.eval()

@@ -1,0 +1,102 @@
+"""`umpo`: train, resume, evaluate and submit runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .checkpoint import CheckpointError
+from .config import ConfigError
+from .tracking import TrackingError
+
+
+def _print_summary(summary: dict) -> None:
+    print("\n== umpo-dist run summary ==")
+    print(f"run id        {summary['run_id']}  (MLflow: {summary['tracking_uri']})")
+    print(f"env steps     {summary['env_steps']}")
+    print(f"updates       model {summary['model_updates']}, policy {summary['policy_updates']} "
+          f"(achieved ratios {summary['model_ratio']:.2f} / {summary['policy_ratio']:.2f} per env step)")
+    print("evaluation    " + ", ".join(f"{s}: {r:.1f}" for s, r in summary["evaluations"]))
+    print(f"final return  {summary['final_return']:.1f}   best {summary['best_return']:.1f}")
+    if summary.get("policy_versions_used") is not None:
+        print(f"workers acted with {summary['policy_versions_used']} policy versions; devices {summary.get('devices')}")
+    print(f"wall-clock    {summary['wall_s']:.0f} s")
+    print(f"policy        {summary['policy_file']}  (umpo evaluate {summary['policy_file']})")
+    print(f"checkpoint    {summary['checkpoint']}")
+
+
+def cmd_train(args) -> int:
+    from . import config
+    from .train import train
+
+    cfg = config.load(args.config, args.set) if args.config else None
+    summary = train(cfg, address=args.address, resume=args.resume, overrides=args.set, progress=not args.no_progress)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint, load_policy, resolve_checkpoint
+    from .evaluation import evaluate_policy
+
+    path = Path(args.checkpoint)
+    if path.is_file():
+        policy = load_policy(path)
+        env_id = policy.env_id
+    else:
+        import json
+
+        from .policy import TanhGaussianPolicy
+        from .envs import env_spec
+
+        ckpt = load_checkpoint(resolve_checkpoint(path))
+        meta = ckpt["manifest"]["meta"]
+        spec = env_spec(meta["env_id"])
+        layers, size = meta["policy_hidden"]
+        policy = TanhGaussianPolicy(spec.obs_dim, spec.action_low, spec.action_high, layers, size)
+        policy.load_state_dict(ckpt["policy"]["policy"])
+        env_id = spec.env_id
+    result = evaluate_policy(policy, env_id, args.episodes, args.seed)
+    print(f"{env_id}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {args.episodes} episodes "
+          f"(mean length {result['length_mean']:.0f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="umpo", description="Distributed uncertainty-aware model-based policy optimisation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train (local Ray by default; --address joins a cluster)")
+    p.add_argument("config", nargs="?", help="YAML config, e.g. configs/inverted_pendulum.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.ensemble_size=5 (repeatable)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue a run (MLflow run id or run directory)")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="run a saved policy (policy.pt, checkpoint or run directory)")
+    p.add_argument("checkpoint")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, TrackingError) as exc:
+        print(f"umpo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

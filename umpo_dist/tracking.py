@@ -1,0 +1,127 @@
+"""MLflow tracking: params, tags, buffered metrics by env step, artifacts.
+
+The tracking URI is MLflow's own resolution: `MLFLOW_TRACKING_URI` if set, else the
+default `sqlite:///mlflow.db` in the working directory. A `log_metric` call to a
+SQLite store costs ~10 ms, so metrics are buffered and written with one `log_batch`
+every `log_every_s` seconds, out of the hot loops. A store that fails mid-run does
+not stop the run: the batch is kept and retried, and the gap is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from . import __version__
+from .config import Config, dump, flatten
+
+log = logging.getLogger(__name__)
+MAX_PENDING = 100_000  # metric points kept while the store is unreachable
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Tracker:
+    def __init__(self, cfg: Config, run_id: str | None = None, device: str = "cpu"):
+        self.uri = tracking_uri()
+        self.client = MlflowClient(self.uri)
+        self.log_every_s = cfg.tracking.log_every_s
+        try:
+            experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
+        except Exception as exc:
+            raise TrackingError(f"MLflow tracking store '{self.uri}' is unreachable: {exc}") from None
+        if run_id is not None:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.resumed = True
+        else:
+            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(cfg.tracking.experiment)
+            import ray
+
+            tags = {
+                "umpo.version": __version__,
+                "ray.version": ray.__version__,
+                "runtime": cfg.runtime,
+                "env_id": cfg.env.id,
+                "device": device,
+                "host": platform.node(),
+            }
+            commit = _git_commit()
+            if commit:
+                tags["mlflow.source.git.commit"] = commit
+            name = cfg.tracking.run_name or f"{cfg.env.id}-seed{cfg.train.seed}"
+            run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+            self.run_id = run.info.run_id
+            self.resumed = False
+            params = [Param(k, str(v)) for k, v in flatten(cfg).items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(self.run_id, params=params[i : i + 100])
+            self.log_text(dump(cfg), "config.yaml")
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self.failed_flushes = 0
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        now_ms = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if value is None:
+                continue
+            self._pending.append(Metric(key, float(value), now_ms, int(step)))
+        if time.monotonic() - self._last_flush >= self.log_every_s:
+            self.flush()
+
+    def flush(self) -> bool:
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return True
+        try:
+            for i in range(0, len(self._pending), 1000):
+                self.client.log_batch(self.run_id, metrics=self._pending[i : i + 1000])
+        except Exception as exc:
+            self.failed_flushes += 1
+            self._pending = self._pending[-MAX_PENDING:]
+            log.warning("MLflow store unreachable (%s); keeping %d metric points to retry", exc, len(self._pending))
+            return False
+        self._pending = []
+        return True
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id, status=status)
+
