@@ -65,6 +65,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from .submit import submit
+
+    return submit(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="umpo", description="Distributed uncertainty-aware model-based policy optimisation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("submit", help="submit `umpo train` to a Ray cluster through the Jobs API")
+    p.add_argument("config", help="YAML config, relative to the working directory that is shipped")
+    p.add_argument("--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--working-dir", default=".", help="directory shipped to the cluster (default: .)")
+    p.add_argument("--installed", action="store_true",
+                   help="use the umpo installed in the cluster's image instead of shipping the working directory")
+    p.add_argument("--wait", action="store_true", help="follow the job's logs until it ends; exit with its status")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 

@@ -1,0 +1,111 @@
+"""End-to-end runs of the distributed runtime: real Ray actors, MuJoCo and MLflow."""
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from umpo_dist import config
+from umpo_dist.checkpoint import load_checkpoint
+from umpo_dist.train import train
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ip_config(*overrides):
+    return config.load(ROOT / "configs" / "inverted_pendulum.yaml", list(overrides))
+
+
+def artifact_paths(client, run_id, path=None):
+    out = []
+    for f in client.list_artifacts(run_id, path):
+        out.extend(artifact_paths(client, run_id, f.path) if f.is_dir else [f.path])
+    return out
+
+
+def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, workdir):
+    cfg = ip_config(
+        "resources.num_env_workers=2", "resources.worker_cpus=0.5", "resources.learner_cpus=1",
+        "train.total_env_steps=10000", "train.stop_at_return=900", "train.eval_every=500",
+        "train.checkpoint_every=0", "tracking.log_every_s=2",
+    )
+    summary = train(cfg, progress=False)
+
+    # Learning: solved within the 10k-step budget, and better than the initial policy.
+    initial = summary["evaluations"][0]
+    assert initial[0] == 0
+    assert summary["best_return"] >= 900, summary["evaluations"]
+    assert summary["best_return"] > initial[1] + 500
+    assert summary["env_steps"] <= 10000
+    # Asynchronous weight exchange: versions advanced, workers acted with several policies.
+    assert summary["model_updates"] > cfg.train.model_warmup_updates
+    assert summary["policy_updates"] > 0
+    assert summary["policy_versions_used"] > 1
+    # The rate limiter held the target ratios (0.5 model, 1.0 policy updates per env step).
+    assert summary["model_ratio"] == pytest.approx(0.5, abs=0.1)
+    assert summary["policy_ratio"] == pytest.approx(1.0, abs=0.15)
+    assert summary["devices"] == {"model_learner": "cpu", "policy_learner": "cpu"}
+
+    client = MlflowClient()
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["env.id"] == "InvertedPendulum-v5"
+    assert run.data.params["resources.num_env_workers"] == "2"
+    for key in ("episode/return", "eval/return", "model/train_nll", "model/val_nll", "model/val_mse",
+                "policy/epistemic", "policy/objective", "policy/return_mean", "policy/return_std",
+                "policy/value_loss", "policy/entropy", "rate/env_steps_per_s", "rate/model_updates_per_s",
+                "rate/policy_updates_per_s", "staleness/policy_versions", "staleness/model_versions"):
+        assert key in run.data.metrics, key
+    evals = client.get_metric_history(run.info.run_id, "eval/return")
+    assert max(m.value for m in evals) >= 900
+    for tag in ("umpo.version", "ray.version", "device"):
+        assert tag in run.data.tags
+    artifacts = artifact_paths(client, run.info.run_id)
+    for path in ("config.yaml", "learning_curve.png", "policy/policy.pt", "policy/README.md",
+                 "checkpoint/manifest.json", "checkpoint/replay.npz"):
+        assert path in artifacts, artifacts
+
+    # The exported policy loads and balances the pendulum on its own.
+    from umpo_dist.checkpoint import load_policy
+    from umpo_dist.evaluation import evaluate_policy
+
+    policy = load_policy(summary["policy_file"])
+    assert evaluate_policy(policy, "InvertedPendulum-v5", 2, seed=123)["return_mean"] >= 900
+
+
+# Small networks and low update ratios: these tests are about plumbing, not learning.
+FAST = ("model.hidden_size=64", "model.hidden_layers=2", "policy.hidden_size=64", "policy.start_states=32",
+        "train.model_updates_per_step=0.2", "train.policy_updates_per_step=0.2")
+
+
+def test_resume_continues_counters_replay_and_mlflow_run(local_ray, workdir):
+    cfg = ip_config(
+        *FAST,
+        "resources.num_env_workers=2", "resources.worker_cpus=0.5", "train.total_env_steps=1200",
+        "train.random_steps=300", "train.model_warmup_updates=50", "train.checkpoint_every=600",
+        "train.eval_every=600", "env.eval_episodes=1",
+    )
+    first = train(cfg, progress=False)
+    ckpt = load_checkpoint(first["run_dir"])
+    assert ckpt["counters"]["env_steps"] == 1200
+    assert int(ckpt["replay"]["total_inserted"]) == 1200
+    assert len(ckpt["replay"]["reward"]) == 1200
+
+    second = train(None, resume=first["run_id"], overrides=["train.total_env_steps=1800"], progress=False)
+    assert second["run_id"] == first["run_id"]
+    assert second["env_steps"] == 1800
+    assert second["model_updates"] > first["model_updates"]
+    assert second["policy_updates"] > first["policy_updates"]
+    ckpt2 = load_checkpoint(second["run_dir"])
+    # The replay kept everything from before the resume, in order, and added the new steps.
+    assert int(ckpt2["replay"]["total_inserted"]) == 1800
+    assert (ckpt2["replay"]["global_index"][:1200] == ckpt["replay"]["global_index"]).all()
+    assert (ckpt2["replay"]["obs"][:1200] == ckpt["replay"]["obs"]).all()
+    run = MlflowClient().get_run(first["run_id"])
+    assert run.data.tags["resumed_at_env_steps"] == "1200"
+    steps = [m.step for m in MlflowClient().get_metric_history(first["run_id"], "eval/return")]
+    assert min(steps) == 0 and max(steps) == 1800
+    assert json.loads((Path(second["run_dir"]) / "run.json").read_text())["run_id"] == first["run_id"]

@@ -1,0 +1,31 @@
+"""Two Ray nodes on one machine: env workers spread over both and the run completes."""
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from test_distributed import FAST, ip_config
+from umpo_dist.train import train
+
+pytestmark = pytest.mark.e2e
+
+
+def test_env_workers_land_on_both_nodes(workdir):
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cfg = ip_config(
+            *FAST,
+            "resources.num_env_workers=2", "resources.worker_cpus=1", "resources.learner_cpus=1",
+            "train.total_env_steps=800", "train.random_steps=300", "train.model_warmup_updates=50",
+            "train.eval_every=800", "env.eval_episodes=1",
+        )
+        summary = train(cfg, progress=False)
+        assert summary["env_steps"] == 800
+        assert len(summary["worker_nodes"]) == 2
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert set(summary["worker_nodes"]) <= alive
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
