@@ -148,6 +148,16 @@ def load_checkpoint(path: str | Path, expect_meta: dict | None = None) -> dict:
         raise CheckpointError(f"checkpoint '{path}' could not be read: {exc}") from None
 
 
+def load_learner_state(run_dir: str | Path, name: str) -> dict | None:
+    """One learner's state (`model_learner` or `policy_learner`) from a run's newest checkpoint, if any."""
+    try:
+        path = resolve_checkpoint(run_dir)
+    except CheckpointError:
+        return None
+    verify_checkpoint(path)
+    return torch.load(path / f"{name}.pt", weights_only=True, map_location="cpu")
+
+
 # -- the exported policy --------------------------------------------------------
 
 def export_policy(path: str | Path, policy_weights: dict, env_id: str, obs_dim: int, action_low, action_high,

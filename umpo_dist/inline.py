@@ -63,6 +63,12 @@ class InlineRunner:
         self.evaluations = [tuple(e) for e in counters.get("evaluations", [])]
         self.episodes = [tuple(e) for e in counters.get("episodes", [])]
 
+    def drain(self) -> None:
+        """Nothing runs concurrently here: the state is always consistent between steps."""
+
+    def checkpoint_written(self, replay_total: int) -> None:
+        """The inline replay keeps no chunk log, so there is nothing to compact."""
+
     def evaluate(self) -> float:
         result = evaluate_policy(
             self.policy_learner.policy, self.cfg.env.id, self.cfg.env.eval_episodes, 10_000 + self.cfg.train.seed,

@@ -8,6 +8,7 @@ import torch
 from .config import ModelConfig
 from .devices import state_to_cpu, to_tensors
 from .ensemble import EnsembleDynamics
+from .numerical_guard import NumericalGuard
 
 
 class ModelLearner:
@@ -18,18 +19,32 @@ class ModelLearner:
         self.model = EnsembleDynamics(obs_dim, action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.updates = 0
+        self.guard = NumericalGuard({"model": self.model, "optimizer": self.optimizer})
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        """One gradient step on a replay batch (with its bootstrap `weights`)."""
+        """One gradient step on a replay batch (with its bootstrap `weights`).
+
+        A batch, loss or gradient that is not finite skips the step (and is counted);
+        repeated blow-ups roll the model back to its last good weights.
+        """
         b = to_tensors(batch, self.device)
+        if not self.guard.finite(*b.values()):
+            self.guard.bad()
+            return self.guard.metrics("model")
         self.model.input_norm.update(torch.cat([b["obs"], b["action"]], -1))
         self.model.target_norm.update(self.model.targets(b))
         loss, metrics = self.model.loss(b, b["weights"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        if not self.guard.finite(loss.detach(), grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.guard.bad()
+            return self.guard.metrics("model")
         self.optimizer.step()
+        self.guard.good()
         self.updates += 1
-        return metrics
+        return {**metrics, **self.guard.metrics("model")}
 
     def validate(self, holdout: dict[str, np.ndarray]) -> dict[str, float]:
         """Held-out NLL/MSE per member; the `elites` best members are recorded in the model."""

@@ -11,6 +11,7 @@ from .config import ModelConfig, PolicyConfig
 from .devices import state_to_cpu
 from .ensemble import EnsembleDynamics
 from .imagination import imagine_rollout, lambda_returns, mean_variance_objective, particle_returns
+from .numerical_guard import NumericalGuard
 from .policy import TanhGaussianPolicy, ValueFunction
 
 
@@ -42,6 +43,10 @@ class PolicyLearner:
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
         self.updates = 0
         self.model_version = -1
+        self.guard = NumericalGuard({
+            "policy": self.policy, "value": self.value, "target_value": self.target_value,
+            "actor_opt": self.actor_opt, "value_opt": self.value_opt,
+        })
 
     def set_model_weights(self, weights: dict, version: int) -> None:
         self.model.load_state_dict(weights)
@@ -69,6 +74,11 @@ class PolicyLearner:
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         actor_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+        if not self.guard.finite(actor_loss.detach(), actor_grad):
+            # Skip the whole update: a non-finite rollout would also poison the value targets.
+            self.actor_opt.zero_grad(set_to_none=True)
+            self.guard.bad()
+            return self.guard.metrics("policy")
         self.actor_opt.step()
 
         with torch.no_grad():
@@ -91,8 +101,9 @@ class PolicyLearner:
         with torch.no_grad():
             for p, tp in zip(self.value.parameters(), self.target_value.parameters()):
                 tp.lerp_(p, cfg.target_tau)
+        self.guard.good()
         self.updates += 1
-        return {
+        return {**self.guard.metrics("policy"),
             "policy/objective": float(objective.detach()),
             "policy/return_mean": float(ret_mean.detach()),
             "policy/return_std": float(ret_std.detach()),

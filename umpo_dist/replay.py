@@ -78,6 +78,17 @@ class ReplayBuffer:
         return min(self.total_inserted, self.capacity)
 
     # -- insert ---------------------------------------------------------------
+    def with_insert_draws(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`batch` plus its per-transition draws: bootstrap weights `k_e ~ Poisson(1)` and the held-out flag.
+
+        Drawn for the whole batch, so the stream stays reproducible; `insert` of the
+        result stores exactly these draws (which is how a logged chunk is replayed).
+        """
+        m = len(batch["reward"])
+        boot = self.rng.poisson(1.0, size=(m, self.ensemble_size)).astype(np.float32)
+        hold = self.rng.random(m) < self.holdout_fraction
+        return {**batch, "bootstrap": boot, "holdout": hold}
+
     def insert(self, batch: dict[str, np.ndarray]) -> int:
         """Insert a batch of transitions (dict of arrays with a leading batch axis)."""
         m = len(batch["reward"])
@@ -87,9 +98,9 @@ class ReplayBuffer:
             arr = np.asarray(batch[name])
             if arr.shape != (m, shape):
                 raise ValueError(f"replay insert: '{name}' has shape {arr.shape}, expected {(m, shape)}")
-        # Draw per-transition randomness for all m (keeps the stream reproducible), store the last `capacity`.
-        boot = self.rng.poisson(1.0, size=(m, self.ensemble_size)).astype(np.float32)
-        hold = self.rng.random(m) < self.holdout_fraction
+        if "bootstrap" not in batch:
+            batch = self.with_insert_draws(batch)
+        boot, hold = np.asarray(batch["bootstrap"]), np.asarray(batch["holdout"])
         keep = slice(max(0, m - self.capacity), m)
         g = self.total_inserted + np.arange(m, dtype=np.int64)[keep]
         pos = g % self.capacity

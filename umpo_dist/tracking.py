@@ -14,6 +14,8 @@ import os
 import platform
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
@@ -43,9 +45,24 @@ def _git_commit() -> str | None:
         return None
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a tracking server that is not there (MLflow's own client would retry for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except (OSError, urllib.error.URLError) as exc:
+        raise TrackingError(f"MLflow tracking server at '{uri}' (MLFLOW_TRACKING_URI) is unreachable: {exc}") from None
+
+
 class Tracker:
-    def __init__(self, cfg: Config, run_id: str | None = None, device: str = "cpu"):
+    def __init__(self, cfg: Config, run_id: str | None = None):
         self.uri = tracking_uri()
+        # Bounded retries: a server that blips mid-run delays a flush by seconds, not minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        check_reachable(self.uri)
         self.client = MlflowClient(self.uri)
         self.log_every_s = cfg.tracking.log_every_s
         try:
@@ -65,7 +82,6 @@ class Tracker:
                 "ray.version": ray.__version__,
                 "runtime": cfg.runtime,
                 "env_id": cfg.env.id,
-                "device": device,
                 "host": platform.node(),
             }
             commit = _git_commit()
@@ -104,6 +120,13 @@ class Tracker:
             self._pending = self._pending[-MAX_PENDING:]
             log.warning("MLflow store unreachable (%s); keeping %d metric points to retry", exc, len(self._pending))
             return False
+        if self.failed_flushes:
+            # Record the gap, so a reader of the run knows some points arrived late.
+            gap = Metric("tracking/failed_flushes", float(self.failed_flushes), int(time.time() * 1000), 0)
+            try:
+                self.client.log_batch(self.run_id, metrics=[gap])
+            except Exception:
+                pass
         self._pending = []
         return True
 

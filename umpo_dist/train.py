@@ -94,6 +94,7 @@ def train(
     resume: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     progress: bool = True,
+    callbacks: tuple = (),
 ) -> dict:
     """Run (or resume) a training run; returns the summary, including `run_id` and `run_dir`."""
     run_id = None
@@ -113,22 +114,27 @@ def train(
         ckpt = load_checkpoint(ckpt_path, meta)  # verified whole before anything starts
 
     set_threads(cfg.resources.learner_cpus)
-    if cfg.runtime == "inline":
-        from .inline import InlineRunner
-
-        tracker = Tracker(cfg, run_id, device="cpu")
-        runner = InlineRunner(cfg, tracker.log)
-    else:
-        init_ray(cfg, address)
-        from .distributed.driver import Driver
-
-        runner = Driver(cfg, spec)
-        tracker = Tracker(cfg, run_id, device=",".join(sorted(set(runner.devices.values()))))
-        runner.log = tracker.log
-    run_dir = Path(cfg.tracking.runs_dir) / tracker.run_id
+    tracker = Tracker(cfg, run_id)
+    run_dir = (Path(cfg.tracking.runs_dir) / tracker.run_id).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
     (run_dir / "run.json").write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": tracker.uri}))
+    try:
+        if cfg.runtime == "inline":
+            from .inline import InlineRunner
+
+            runner = InlineRunner(cfg, tracker.log)
+            tracker.set_tags({"device": "cpu"})
+        else:
+            init_ray(cfg, address)
+            from .distributed.driver import Driver
+
+            runner = Driver(cfg, spec, run_dir, tracker.log)
+            runner.callbacks.extend(callbacks)
+            tracker.set_tags({"device": ",".join(sorted(set(runner.devices.values())))})
+    except BaseException:
+        tracker.end("FAILED")
+        raise
     if ckpt is not None:
         runner.load_state(ckpt["replay"], ckpt["model"], ckpt["policy"], ckpt["counters"])
         tracker.set_tags({"resumed_from": str(ckpt["path"]), "resumed_at_env_steps": runner.env_steps})
@@ -138,6 +144,7 @@ def train(
         state = r.state()
         path = save_checkpoint(run_dir, r.env_steps, state["replay"], state["model"], state["policy"],
                                {**state["counters"], "torch_rng": torch.get_rng_state().tolist()}, meta)
+        r.checkpoint_written(int(state["replay"]["total_inserted"]))
         tracker.log({"checkpoint/env_steps": r.env_steps}, r.env_steps)
         return path
 
@@ -148,8 +155,7 @@ def train(
         if bar:
             bar.close()
         print("\ninterrupted: writing a checkpoint ...", file=sys.stderr)
-        if cfg.runtime != "inline":
-            runner.drain()
+        runner.drain()
         path = checkpoint(runner)
         tracker.end("KILLED")
         print(f"checkpoint at {path}; continue with: umpo train --resume {tracker.run_id}", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..config import Config
 from ..envs import EnvSpec
@@ -24,6 +25,7 @@ from ..rate_limiter import RateLimiter
 from .env_worker import EnvWorker
 from .learners import ModelLearnerActor, PolicyLearnerActor
 from .replay_actor import ReplayActor
+from .retry import ACTOR_ERRORS, call_with_retry
 from .weights import WeightStoreActor
 
 log = logging.getLogger(__name__)
@@ -47,20 +49,25 @@ def learner_gpus(setting: str) -> float:
 
 
 class Driver:
-    def __init__(self, cfg: Config, spec: EnvSpec, log_fn: LogFn | None = None):
+    def __init__(self, cfg: Config, spec: EnvSpec, run_dir: str | None = None, log_fn: LogFn | None = None):
+        """`run_dir` (on this node) holds checkpoints and the replay's chunk log; without it
+        nothing is durable and a restarted replay starts empty."""
         self.cfg, self.spec = cfg, spec
         self.log = log_fn or (lambda metrics, step: None)
         r, t = cfg.resources, cfg.train
         gpus = learner_gpus(r.learner_gpus)
+        run_dir = str(run_dir) if run_dir is not None else None
         self.store = WeightStoreActor.remote()
-        self.replay = ReplayActor.remote(
+        # The replay writes its log into the run directory, so it lives on the driver's node.
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.replay = ReplayActor.options(scheduling_strategy=here).remote(
             spec.obs_dim, spec.action_dim, cfg.replay.capacity, cfg.model.ensemble_size, cfg.replay.sampling,
-            cfg.model.holdout_fraction, t.seed,
+            cfg.model.holdout_fraction, t.seed, run_dir=run_dir,
         )
         self.model_learner = ModelLearnerActor.options(num_cpus=r.learner_cpus, num_gpus=gpus).remote(
-            cfg, spec, self.replay, self.store)
+            cfg, spec, self.replay, self.store, run_dir)
         self.policy_learner = PolicyLearnerActor.options(num_cpus=r.learner_cpus, num_gpus=gpus).remote(
-            cfg, spec, self.replay, self.store)
+            cfg, spec, self.replay, self.store, run_dir)
         # SPREAD places env workers across nodes, so collection uses every machine's cores.
         self.workers = [
             EnvWorker.options(num_cpus=r.worker_cpus, scheduling_strategy="SPREAD").remote(cfg, spec, i, self.replay, self.store)
@@ -72,7 +79,6 @@ class Driver:
             "model_learner": ray.get(self.model_learner.device_name.remote()),
             "policy_learner": ray.get(self.policy_learner.device_name.remote()),
         }
-        self.env_steps = 0
         self.model_updates = 0
         self.policy_updates = 0
         self.evaluations: list[tuple[int, float]] = []
@@ -81,6 +87,11 @@ class Driver:
         self.worker_nodes: dict[int, str] = {}
         self.next_eval = 0
         self.next_checkpoint = t.checkpoint_every or None
+        self.failures: Counter = Counter()  # actor deaths seen, by role
+        self.recoveries: Counter = Counter()  # restarted actors that came back and reported, by role
+        self.callbacks: list[Callable[["Driver"], None]] = []  # called once per scheduling round
+        # Transitions the replay acknowledged: the run's env-step count (resumed runs included).
+        self.env_steps = ray.get(self.replay.stats.remote())["total_inserted"]
 
     # -- state ------------------------------------------------------------------
     def state(self) -> dict:
@@ -98,15 +109,20 @@ class Driver:
         return {"replay": replay_state, "model": model_state, "policy": policy_state, "counters": counters}
 
     def load_state(self, replay_state: dict, model_state: dict, policy_state: dict, counters: dict) -> None:
-        ray.get(self.replay.load_state.remote(replay_state))
+        """Resume: the learners from the checkpoint; the replay rebuilt itself from the run
+        directory (checkpoint plus every chunk acknowledged after it), and its count is the env-step count."""
         self.model_updates = ray.get(self.model_learner.load_state.remote(model_state))
         self.policy_updates = ray.get(self.policy_learner.load_state.remote(policy_state))
-        self.env_steps = int(counters["env_steps"])
+        self.env_steps = ray.get(self.replay.stats.remote())["total_inserted"]
         self.evaluations = [tuple(e) for e in counters.get("evaluations", [])]
         self.episodes = [tuple(e) for e in counters.get("episodes", [])]
         self.next_eval = int(counters.get("next_eval", self.env_steps))
         every = self.cfg.train.checkpoint_every
         self.next_checkpoint = (self.env_steps // every + 1) * every if every else None
+
+    def checkpoint_written(self, replay_total: int) -> None:
+        """The chunks up to `replay_total` are now in a checkpoint: drop them from the log."""
+        ray.get(self.replay.compact.remote(replay_total))
 
     def latest_policy_weights(self) -> dict:
         held = ray.get(self.store.latest.remote("policy", -1))
@@ -132,6 +148,8 @@ class Driver:
             due = self.next_checkpoint
             drain = due is not None and due < t.total_env_steps and self.env_steps + self._scheduled >= due
             stop = self._stop_step is not None
+            for callback in self.callbacks:
+                callback(self)
             if not (stop or drain):
                 self._schedule_workers()
                 self._schedule_learners()
@@ -174,6 +192,8 @@ class Driver:
             "policy_versions_used": len(self.policy_versions_used),
             "worker_nodes": sorted(set(self.worker_nodes.values())),
             "devices": self.devices,
+            "failures": dict(self.failures),
+            "recoveries": dict(self.recoveries),
             "wall_s": time.monotonic() - start,
         }
 
@@ -182,6 +202,9 @@ class Driver:
         for ref, (kind, index, requested) in list(getattr(self, "_inflight", {}).items()):
             del self._inflight[ref]
             self._handle(kind, index, requested, ref)
+
+    def _replay_total(self) -> int:
+        return call_with_retry(lambda: self.replay.stats.remote(), "replay stats")["total_inserted"]
 
     def _busy(self, kind: str, index: int = 0) -> bool:
         return any(k == kind and i == index for k, i, _ in self._inflight.values())
@@ -226,13 +249,30 @@ class Driver:
             if stop_at is not None and ret >= stop_at and self._stop_step is None:
                 self._stop_step = index
             return
-        result = ray.get(ref)
         if kind == "worker":
             self._scheduled -= requested
-            self.env_steps += result["steps"]
-            self.worker_nodes[index] = result["node_id"]
+        role = f"{kind}_{index}" if kind == "worker" else f"{kind}_learner"
+        try:
+            result = ray.get(ref)
+        except ACTOR_ERRORS as exc:
+            # Ray restarts the actor (max_restarts); its call is lost, and is simply scheduled again.
+            self.failures[kind] += 1
+            log.warning("actor %s failed (%s); it is being restarted", role, type(exc).__name__)
+            if kind == "worker":
+                self.env_steps = max(self.env_steps, self._replay_total())
+            self._metrics[f"faults/{kind}_failures"] = self.failures[kind]
+            return
+        if result.get("restarted"):
+            self.recoveries[kind] += 1
+            log.warning("actor %s is back after a restart", role)
+            self._metrics[f"faults/{kind}_recoveries"] = self.recoveries[kind]
+        if kind == "worker":
             if result["replay_total"] is not None:
+                # The replay's acknowledged total after this chunk (other workers' chunks included).
+                self.env_steps = max(self.env_steps, result["replay_total"])
                 self._metrics["replay/total_inserted"] = result["replay_total"]
+            self.worker_nodes[index] = result["node_id"]
+            self._metrics["env/dropped_nonfinite_episodes"] = result["dropped_episodes"]
             if result["policy_version"] >= 0:
                 self.policy_versions_used[result["policy_version"]] += 1
                 self._staleness["policy"].append(self.policy_updates - result["policy_version"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import ray
 
 from ..collector import EnvCollector
@@ -9,30 +11,45 @@ from ..config import Config
 from ..devices import set_threads
 from ..envs import EnvSpec
 from ..policy import TanhGaussianPolicy
+from .retry import call_with_retry
 from .weights import WeightSubscriber
 
 
-@ray.remote
+@ray.remote(max_restarts=-1)
 class EnvWorker:
     def __init__(self, cfg: Config, spec: EnvSpec, index: int, replay, store):
         set_threads(cfg.resources.worker_cpus)
+        # A restarted worker gets fresh seeds and a new chunk stream, so nothing collides with its past.
+        self.stream = uuid.uuid4().hex
         seed = cfg.train.seed + 7919 * (index + 1)
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if self.restarted:
+            seed += 1 + uuid.UUID(self.stream).int % 1_000_000
         self.collector = EnvCollector(spec.env_id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
         self.policy = TanhGaussianPolicy(spec.obs_dim, spec.action_low, spec.action_high, cfg.policy.hidden_layers,
                                          cfg.policy.hidden_size)
         self.replay = replay
         self.policy_weights = WeightSubscriber(store, "policy")
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.seq = 0
 
     def collect(self, num_steps: int, random_actions: bool) -> dict:
-        """Step `num_steps` times, push the transitions to the replay, wait for its acknowledgement."""
+        """Step `num_steps` times, push the transitions to the replay, wait for its acknowledgement.
+
+        A chunk that is not acknowledged (the replay is restarting) is resent with the
+        same id until it is; the replay stores it once.
+        """
         weights = self.policy_weights.poll()
         if weights is not None:
             self.policy.load_state_dict(weights)
         use_policy = not random_actions and self.policy_weights.version >= 0
         batch, episodes = self.collector.collect(num_steps, self.policy.act if use_policy else None)
         inserted = len(batch.get("reward", ()))
-        total = ray.get(self.replay.insert.remote(batch)) if inserted else None
+        total = None
+        if inserted:
+            self.seq += 1
+            seq = self.seq
+            total = call_with_retry(lambda: self.replay.insert_chunk.remote(batch, self.stream, seq), "replay insert")
         return {
             "steps": inserted,
             "replay_total": total,
@@ -40,4 +57,10 @@ class EnvWorker:
             "policy_version": self.policy_weights.version if use_policy else -1,
             "node_id": self.node_id,
             "dropped_episodes": self.collector.dropped_episodes,
+            "restarted": self._take_restarted(),
         }
+
+    def _take_restarted(self) -> bool:
+        """True once, on the first call after Ray restarted this actor."""
+        restarted, self.restarted = self.restarted, False
+        return restarted

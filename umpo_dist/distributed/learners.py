@@ -1,8 +1,10 @@
 """The learner actors: a model learner and a policy learner, training side by side.
 
 Each wraps its core learner, computes on `cuda` when Ray assigned it a GPU and on
-the CPU otherwise, prefetches its next replay batch while it computes on the current
-one, and publishes its weights to the weight store at the end of every call.
+the CPU otherwise, prefetches its next replay request while it computes on the
+current one, and publishes its weights to the weight store at the end of every call.
+Ray restarts a learner that died; it comes back with its optimiser state from the
+run's last checkpoint and the newest weights it had published.
 """
 
 from __future__ import annotations
@@ -10,25 +12,31 @@ from __future__ import annotations
 import numpy as np
 import ray
 
+from ..checkpoint import load_learner_state
 from ..config import Config
 from ..devices import select_device, set_threads
 from ..envs import EnvSpec
 from ..model_learner import ModelLearner
 from ..policy_learner import PolicyLearner
+from .retry import ACTOR_ERRORS, call_with_retry
 from .weights import WeightSubscriber, publish
 
 
 class Prefetcher:
     """Keeps one request in flight: `next()` returns the pending result and issues the next request."""
 
-    def __init__(self, request):
-        self.request = request
+    def __init__(self, request, what: str):
+        self.request, self.what = request, what
         self._ref = None
 
     def next(self):
         ref = self._ref if self._ref is not None else self.request()
         self._ref = self.request()
-        return ray.get(ref)
+        try:
+            return ray.get(ref)
+        except ACTOR_ERRORS:  # the replay is restarting: drop the prefetch and wait for it
+            self._ref = None
+            return call_with_retry(self.request, self.what)
 
 
 def _mean_metrics(rows: list[dict]) -> dict:
@@ -36,65 +44,98 @@ def _mean_metrics(rows: list[dict]) -> dict:
     return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}
 
 
-@ray.remote
-class ModelLearnerActor:
-    def __init__(self, cfg: Config, spec: EnvSpec, replay, store):
+class _LearnerActor:
+    """What both learner actors share: device, threads, restore after a restart, publishing."""
+
+    state_name: str  # the learner's file in a checkpoint
+    weights_name: str  # the weight set it publishes
+
+    def __init__(self, cfg: Config, store, run_dir: str | None):
         set_threads(cfg.resources.learner_cpus)
         self.device = select_device(ray.get_gpu_ids())
-        self.cfg = cfg
-        self.learner = ModelLearner(cfg.model, spec.obs_dim, spec.action_dim, self.device, cfg.train.seed)
-        self.replay, self.store = replay, store
-        self.batches = Prefetcher(lambda: replay.sample.remote(cfg.model.batch_size))
+        self.cfg, self.store, self.run_dir = cfg, store, run_dir
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+
+    def _restore(self) -> None:
+        """After a restart: optimiser and the rest from the last checkpoint, then the newest published weights."""
+        state = load_learner_state(self.run_dir, self.state_name) if self.run_dir else None
+        if state is not None:
+            self.learner.load_state(state)
+        held = call_with_retry(lambda: self.store.latest.remote(self.weights_name, -1), "reading weights")
+        if held is not None:
+            version, (ref,) = held
+            self._load_published(ray.get(ref))
+            self.learner.updates = version
+
+    def _result(self, rows: list[dict], **extra) -> dict:
+        publish(self.store, self.weights_name, self.learner.updates, self._published())
+        restarted, self.restarted = self.restarted, False
+        return {"updates": self.learner.updates, "metrics": _mean_metrics(rows), "restarted": restarted, **extra}
 
     def device_name(self) -> str:
         return str(self.device)
+
+    def state(self) -> dict:
+        return self.learner.state()
+
+    def load_state(self, state: dict) -> int:
+        self.learner.load_state(state)
+        publish(self.store, self.weights_name, self.learner.updates, self._published())
+        return self.learner.updates
+
+
+@ray.remote(max_restarts=-1)
+class ModelLearnerActor(_LearnerActor):
+    state_name, weights_name = "model_learner", "model"
+
+    def __init__(self, cfg: Config, spec: EnvSpec, replay, store, run_dir: str | None = None):
+        super().__init__(cfg, store, run_dir)
+        self.learner = ModelLearner(cfg.model, spec.obs_dim, spec.action_dim, self.device, cfg.train.seed)
+        self.replay = replay
+        self.batches = Prefetcher(lambda: replay.sample.remote(cfg.model.batch_size), "replay sample")
+        if self.restarted:
+            self._restore()
+
+    def _published(self) -> dict:
+        return self.learner.weights()
+
+    def _load_published(self, weights: dict) -> None:
+        self.learner.model.load_state_dict(weights)
 
     def train(self, num_updates: int) -> dict:
         rows = []
         for _ in range(num_updates):
             metrics = self.learner.update(self.batches.next())
             if self.learner.updates % self.cfg.model.validate_every == 0:
-                holdout = ray.get(self.replay.holdout_batch.remote(self.cfg.model.holdout_capacity))
+                holdout = call_with_retry(lambda: self.replay.holdout_batch.remote(self.cfg.model.holdout_capacity),
+                                          "replay holdout")
                 metrics.update(self.learner.validate(holdout))
             rows.append(metrics)
-        publish(self.store, "model", self.learner.updates, self.learner.weights())
-        return {"updates": self.learner.updates, "metrics": _mean_metrics(rows)}
-
-    def state(self) -> dict:
-        return self.learner.state()
-
-    def load_state(self, state: dict) -> int:
-        self.learner.load_state(state)
-        publish(self.store, "model", self.learner.updates, self.learner.weights())
-        return self.learner.updates
+        return self._result(rows)
 
 
-@ray.remote
-class PolicyLearnerActor:
-    def __init__(self, cfg: Config, spec: EnvSpec, replay, store):
-        set_threads(cfg.resources.learner_cpus)
-        self.device = select_device(ray.get_gpu_ids())
+@ray.remote(max_restarts=-1)
+class PolicyLearnerActor(_LearnerActor):
+    state_name, weights_name = "policy_learner", "policy"
+
+    def __init__(self, cfg: Config, spec: EnvSpec, replay, store, run_dir: str | None = None):
+        super().__init__(cfg, store, run_dir)
         self.learner = PolicyLearner(cfg.policy, cfg.model, spec.obs_dim, spec.action_low, spec.action_high,
                                      self.device, cfg.train.seed)
-        self.store = store
         self.model_weights = WeightSubscriber(store, "model")
-        self.starts = Prefetcher(lambda: replay.sample_start_states.remote(cfg.policy.start_states))
+        self.starts = Prefetcher(lambda: replay.sample_start_states.remote(cfg.policy.start_states), "replay start states")
+        if self.restarted:
+            self._restore()
 
-    def device_name(self) -> str:
-        return str(self.device)
+    def _published(self) -> dict:
+        return self.learner.policy_weights()
+
+    def _load_published(self, weights: dict) -> None:
+        self.learner.policy.load_state_dict(weights)
 
     def train(self, num_updates: int) -> dict:
         weights = self.model_weights.poll() if self.learner.model_version >= 0 else self.model_weights.wait()
         if weights is not None:
             self.learner.set_model_weights(weights, self.model_weights.version)
         rows = [self.learner.update(self.starts.next()) for _ in range(num_updates)]
-        publish(self.store, "policy", self.learner.updates, self.learner.policy_weights())
-        return {"updates": self.learner.updates, "model_version": self.learner.model_version, "metrics": _mean_metrics(rows)}
-
-    def state(self) -> dict:
-        return self.learner.state()
-
-    def load_state(self, state: dict) -> int:
-        self.learner.load_state(state)
-        publish(self.store, "policy", self.learner.updates, self.learner.policy_weights())
-        return self.learner.updates
+        return self._result(rows, model_version=self.learner.model_version)

@@ -7,13 +7,22 @@ import time
 import ray
 
 from ..weight_store import WeightStore
+from .retry import ACTOR_ERRORS, call_with_retry
 
-WeightStoreActor = ray.remote(num_cpus=0)(WeightStore)
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class WeightStoreActor(WeightStore):
+    """The store `ray.put`s the weights itself, so it owns them: they outlive the learner that sent them."""
+
+    def publish(self, name: str, version: int, weights: dict) -> int:
+        held = self.latest(name, version - 1)
+        if held is not None and held[0] >= version:
+            return held[0]
+        return super().publish(name, version, [ray.put(weights)])
 
 
 def publish(store, name: str, version: int, weights: dict) -> None:
-    """`ray.put` once; the store keeps the reference (wrapped in a list so Ray passes it through)."""
-    ray.get(store.publish.remote(name, version, [ray.put(weights)]))
+    call_with_retry(lambda: store.publish.remote(name, version, weights), f"publishing {name} weights")
 
 
 class WeightSubscriber:
@@ -24,6 +33,14 @@ class WeightSubscriber:
         self.version = -1
         self._pending = None
 
+    def _take(self, result) -> dict | None:
+        if result is None:
+            return None
+        version, (ref,) = result
+        weights = ray.get(ref)
+        self.version = version
+        return weights
+
     def poll(self) -> dict | None:
         """The newer weights if the store answered that there are some, else None (never waits)."""
         if self._pending is None:
@@ -31,26 +48,24 @@ class WeightSubscriber:
         ready, _ = ray.wait([self._pending], timeout=0)
         if not ready:
             return None
-        result = ray.get(self._pending)
-        self._pending = None
-        if result is None:
-            return None
-        version, (ref,) = result
-        weights = ray.get(ref)
-        self.version = version
-        self._pending = self.store.latest.remote(self.name, self.version)
+        ref, self._pending = self._pending, None
+        try:
+            weights = self._take(ray.get(ref))
+        except ACTOR_ERRORS:
+            return None  # the store is restarting; ask again next time
+        if weights is not None:
+            self._pending = self.store.latest.remote(self.name, self.version)
         return weights
 
     def wait(self, timeout_s: float = 600.0) -> dict:
-        """Block until some version exists (only before first use)."""
+        """Block until some version newer than the one held exists."""
         deadline = time.monotonic() + timeout_s
         while True:
-            result = ray.get(self.store.latest.remote(self.name, self.version))
-            if result is not None:
-                version, (ref,) = result
-                self.version = version
+            weights = self._take(call_with_retry(lambda: self.store.latest.remote(self.name, self.version),
+                                                 f"reading {self.name} weights"))
+            if weights is not None:
                 self._pending = None
-                return ray.get(ref)
+                return weights
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no '{self.name}' weights were published within {timeout_s:.0f} s")
             time.sleep(0.05)
