@@ -203,19 +203,14 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 # -- known gaps (see the report) ------------------------------------------------------------------------------
-@pytest.mark.xfail(reason="learner_gpus is typed str, so a YAML number (as the comment promises) is a type error",
-                   strict=False)
 def test_learner_gpus_accepts_a_number():
     assert float(C.from_dict({}, ["resources.learner_gpus=1"]).resources.learner_gpus) == 1.0
 
 
-@pytest.mark.xfail(reason="PyYAML reads 3e-4 (no dot) as a string, and float fields reject strings", strict=False)
 def test_float_in_exponent_notation():
     assert C.from_dict({}, ["model.lr=3e-4"]).model.lr == pytest.approx(3e-4)
 
 
-@pytest.mark.xfail(reason="from_dict copies only the top level; overrides mutate the caller's nested dicts",
-                   strict=False)
 def test_from_dict_does_not_mutate_its_input():
     data = {"model": {"ensemble_size": 5, "elites": 2}}
     before = copy.deepcopy(data)

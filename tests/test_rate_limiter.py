@@ -82,11 +82,6 @@ def test_simulated_run_keeps_the_ratio(ratio, min_steps, warmup, tolerance):
     assert r.achieved(env, updates) == pytest.approx(ratio, abs=1 / steps)
 
 
-@pytest.mark.xfail(
-    reason="env_steps_allowed only lets the env reach the steps already covered + tolerance; with a "
-    "tolerance below 1/ratio (incl. 0, which the config accepts) env and learner both wait: see report",
-    strict=False,
-)
 @pytest.mark.parametrize("ratio, tolerance", [(1.0, 0), (0.5, 1), (0.1, 5)])
 def test_small_tolerance_does_not_deadlock(ratio, tolerance):
     r = RateLimiter(ratio, min_steps=0, warmup_updates=0, tolerance=tolerance)

@@ -283,7 +283,6 @@ def test_insert_wrong_shape_names_the_field(field, shape):
     assert buf.total_inserted == 0 and len(buf) == 0
 
 
-@pytest.mark.xfail(reason="replay.insert validates only obs/next_obs/action shapes; see report", strict=False)
 @pytest.mark.parametrize("field", ["reward", "terminated", "truncated"])
 def test_insert_wrong_length_scalar_field_names_the_field(field):
     buf = ReplayBuffer(OBS_DIM, ACT_DIM, capacity=16, ensemble_size=E)

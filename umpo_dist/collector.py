@@ -22,12 +22,22 @@ class EnvCollector:
         self.env_id = env_id
         self.envs = [make_env(env_id, max_episode_steps) for _ in range(num_envs)]
         self.rng = np.random.default_rng(seed)
-        self.obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)]).astype(np.float32)
+        self.obs = np.stack([self._reset(env, seed + i) for i, env in enumerate(self.envs)])
         for i, env in enumerate(self.envs):
             env.action_space.seed(seed + 1000 + i)
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, np.int64)
         self.dropped_episodes = 0
+
+    def _reset(self, env, seed: int, attempts: int = 10) -> np.ndarray:
+        for _ in range(attempts):
+            obs = np.asarray(env.reset(seed=seed)[0], np.float32)
+            if np.isfinite(obs).all():
+                return obs
+            warnings.warn(f"env '{self.env_id}' reset to a non-finite observation; resetting again",
+                          RuntimeWarning, stacklevel=3)
+            seed += 1
+        raise RuntimeError(f"env '{self.env_id}' reset to a non-finite observation {attempts} times in a row")
 
     def random_actions(self, obs: np.ndarray) -> np.ndarray:
         return np.stack([env.action_space.sample() for env in self.envs[: len(obs)]]).astype(np.float32)
@@ -75,7 +85,7 @@ class EnvCollector:
                 if terminated or truncated or not finite:
                     if finite:
                         episodes.append({"return": float(self.episode_return[i]), "length": int(self.episode_length[i])})
-                    next_obs, _ = env.reset(seed=int(self.rng.integers(2**31)))
+                    next_obs = self._reset(env, int(self.rng.integers(2**31)))
                     self.episode_return[i] = 0.0
                     self.episode_length[i] = 0
                 self.obs[i] = next_obs

@@ -8,6 +8,7 @@ a `ConfigError` that names it, raised before anything starts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -159,7 +160,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "resources.worker_cpus": (0, float("inf"), False),
     "resources.learner_cpus": (0, float("inf"), False),
     "resources.chunk_size": (1, float("inf"), True),
-    "resources.ratio_tolerance": (0, float("inf"), True),
+    "resources.ratio_tolerance": (1, float("inf"), True),
     "tracking.log_every_s": (0, float("inf"), True),
 }
 
@@ -167,6 +168,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "runtime": ("ray", "inline"),
     "replay.sampling": ("linear", "uniform"),
 }
+
+
+# String fields that also take a number (`learner_gpus: auto` or `learner_gpus: 1`).
+_NUMBER_OR_WORD = {"resources.learner_gpus"}
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -189,9 +194,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is str:
         if isinstance(value, str):
             return value
+        if key in _NUMBER_OR_WORD and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
     name = getattr(hint, "__name__", str(hint))
     raise ConfigError(f"config key '{key}' must be of type {name}, got {type(value).__name__} {value!r}")
 
@@ -290,7 +302,7 @@ def _apply_override(data: dict, key: str, value: Any) -> None:
 
 
 def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), check_env: bool = True) -> Config:
-    data = dict(data) if isinstance(data, dict) else data
+    data = copy.deepcopy(data)
     for text in overrides:
         if not isinstance(data, dict):
             break

@@ -109,9 +109,9 @@ class PolicyLearner:
             "policy/return_std": float(ret_std.detach()),
             "policy/entropy": float(entropy.detach()),
             "policy/alpha": float(alpha),
-            "policy/value_loss": float(value_loss),
+            "policy/value_loss": float(value_loss.detach()),
             "policy/actor_grad_norm": float(actor_grad),
-            "policy/epistemic": float(rollout.epistemic.mean()),
+            "policy/epistemic": float(rollout.epistemic.detach().mean()),
         }
 
     def policy_weights(self) -> dict:

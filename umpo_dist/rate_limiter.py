@@ -28,12 +28,18 @@ class RateLimiter:
         return max(0, self.target_updates(env_steps) - updates_done)
 
     def env_steps_allowed(self, env_steps: int, updates_done: int) -> int:
-        """How many more env steps may be taken before the learner is `tolerance` steps behind."""
+        """How many more env steps may be taken before the learner is `tolerance` steps behind.
+
+        Never less than what brings the learner its next update, so that the env and the
+        learner can't both be waiting (a tolerance below 1/ratio would otherwise stall).
+        """
         if updates_done < self.warmup or env_steps < self.min_steps:
             covered = self.min_steps
+            next_work = self.min_steps
         else:
             covered = self.min_steps + math.floor((updates_done - self.warmup) / self.ratio)
-        return max(0, covered + self.tolerance - env_steps)
+            next_work = self.min_steps + math.ceil((updates_done - self.warmup + 1) / self.ratio - 1e-9)
+        return max(0, max(covered + self.tolerance, next_work) - env_steps)
 
     def achieved(self, env_steps: int, updates_done: int) -> float:
         """Updates per env step after the start, warm-up excluded."""

@@ -94,10 +94,14 @@ class ReplayBuffer:
         m = len(batch["reward"])
         if m == 0:
             return 0
-        for name, shape in (("obs", self.obs_dim), ("next_obs", self.obs_dim), ("action", self.action_dim)):
+        expected = {"obs": (m, self.obs_dim), "next_obs": (m, self.obs_dim), "action": (m, self.action_dim),
+                    "reward": (m,), "terminated": (m,), "truncated": (m,)}
+        if "bootstrap" in batch:
+            expected.update(bootstrap=(m, self.ensemble_size), holdout=(m,))
+        for name, shape in expected.items():  # all checked before anything is written
             arr = np.asarray(batch[name])
-            if arr.shape != (m, shape):
-                raise ValueError(f"replay insert: '{name}' has shape {arr.shape}, expected {(m, shape)}")
+            if arr.shape != shape:
+                raise ValueError(f"replay insert: '{name}' has shape {arr.shape}, expected {shape}")
         if "bootstrap" not in batch:
             batch = self.with_insert_draws(batch)
         boot, hold = np.asarray(batch["bootstrap"]), np.asarray(batch["holdout"])
@@ -175,6 +179,11 @@ class ReplayBuffer:
                 f"this buffer expects ensemble_size={self.ensemble_size}"
             )
         total = int(state["total_inserted"])
+        if n < min(total, self.capacity):
+            raise ValueError(
+                f"replay state holds a window of {n} of {total} transitions; a buffer of capacity "
+                f"{self.capacity} would have {min(total, self.capacity) - n} empty slots in its window"
+            )
         keep = slice(max(0, n - self.capacity), n)
         g = np.asarray(state["global_index"])[keep]
         pos = g % self.capacity
@@ -196,11 +205,14 @@ class ReplayBuffer:
 def write_replay_state(state: dict[str, np.ndarray], path: Path) -> Path:
     """Write a replay state to `path` via a temp file and a rename, so a crash never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **state)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **state)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

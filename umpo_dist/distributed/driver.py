@@ -96,8 +96,10 @@ class Driver:
     # -- state ------------------------------------------------------------------
     def state(self) -> dict:
         """Everything a checkpoint needs; call only when no actor call is in flight."""
-        replay_state, model_state, policy_state = ray.get(
-            [self.replay.state.remote(), self.model_learner.state.remote(), self.policy_learner.state.remote()])
+        replay_state, model_state, policy_state = (
+            call_with_retry(lambda a=actor: a.state.remote(), f"{name} state")
+            for name, actor in (("replay", self.replay), ("model learner", self.model_learner),
+                                ("policy learner", self.policy_learner)))
         counters = {
             "env_steps": self.env_steps,
             "model_updates": self.model_updates,
@@ -226,7 +228,7 @@ class Driver:
                               self.policy_limiter.env_steps_allowed(planned, self.policy_updates))
                 n = min(r.chunk_size, allowed, budget)
                 # Tiny calls cost a round trip each; wait until a reasonable chunk is allowed.
-                if n < min(r.chunk_size // 4, budget) or n <= 0:
+                if n < min(r.chunk_size // 4, budget, r.ratio_tolerance) or n <= 0:
                     continue
             self._inflight[worker.collect.remote(n, random_phase)] = ("worker", i, n)
             self._scheduled += n
@@ -314,7 +316,7 @@ class Driver:
 
     def _submit_eval(self, weights: dict | None):
         if weights is None:  # before the first publication: the initial policy the learner starts from
-            weights = ray.get(self.policy_learner.state.remote())["policy"]
+            weights = call_with_retry(lambda: self.policy_learner.state.remote(), "policy learner state")["policy"]
         return _evaluate.remote(weights, self.spec, self.cfg, 10_000 + self.cfg.train.seed)
 
     def _finish_eval(self, ref, step: int) -> float:
