@@ -2,7 +2,6 @@
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from test_distributed import FAST, ip_config
 from umpo_dist.checkpoint import load_checkpoint
@@ -59,6 +58,8 @@ def test_killed_replay_is_rebuilt_with_every_acknowledged_transition(local_ray, 
     assert kill.acknowledged_before >= 800
     assert kill.count_after == kill.acknowledged_before
     finished_consistently(summary)
+    # Every acknowledgement a worker reported is in the final replay, each transition once.
+    assert summary["acknowledged_in_session"] == summary["env_steps"]
 
 
 def test_killed_policy_learner_restarts_from_published_weights(local_ray, workdir):
@@ -71,26 +72,3 @@ def test_killed_policy_learner_restarts_from_published_weights(local_ray, workdi
     # It came back from its newest published version, not from zero, and kept learning.
     assert summary["policy_updates"] > max(updates_at_kill) > 0
     finished_consistently(summary)
-
-
-def test_lost_node_actors_are_rescheduled(workdir):
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
-    extra = cluster.add_node(num_cpus=2)
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        removed = []
-
-        def remove_node(driver):
-            if not removed and driver.env_steps >= 800:
-                cluster.remove_node(extra)
-                removed.append(driver.env_steps)
-
-        summary = train(ip_config(*RUN, "resources.worker_cpus=1"), progress=False, callbacks=[remove_node])
-        assert removed
-        assert summary["failures"], "an actor on the removed node should have failed"
-        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-        assert extra.node_id not in alive
-        finished_consistently(summary)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

@@ -5,6 +5,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from test_distributed import FAST, ip_config
+from test_faults import RUN, finished_consistently
 from umpo_dist.train import train
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +27,29 @@ def test_env_workers_land_on_both_nodes(workdir):
         assert len(summary["worker_nodes"]) == 2
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         assert set(summary["worker_nodes"]) <= alive
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_lost_node_actors_are_rescheduled(workdir):
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
+    extra = cluster.add_node(num_cpus=2)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        removed = []
+
+        def remove_node(driver):
+            if not removed and driver.env_steps >= 800:
+                cluster.remove_node(extra)
+                removed.append(driver.env_steps)
+
+        summary = train(ip_config(*RUN, "resources.worker_cpus=1"), progress=False, callbacks=[remove_node])
+        assert removed
+        assert summary["failures"], "an actor on the removed node should have failed"
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert extra.node_id not in alive
+        finished_consistently(summary)
     finally:
         ray.shutdown()
         cluster.shutdown()

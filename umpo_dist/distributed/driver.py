@@ -87,6 +87,8 @@ class Driver:
         self.worker_nodes: dict[int, str] = {}
         self.next_eval = 0
         self.next_checkpoint = t.checkpoint_every or None
+        self._stop_step = None
+        self.acknowledged = 0  # transitions whose acknowledgement a worker reported in this process
         self.failures: Counter = Counter()  # actor deaths seen, by role
         self.recoveries: Counter = Counter()  # restarted actors that came back and reported, by role
         self.callbacks: list[Callable[["Driver"], None]] = []  # called once per scheduling round
@@ -194,10 +196,16 @@ class Driver:
             "policy_versions_used": len(self.policy_versions_used),
             "worker_nodes": sorted(set(self.worker_nodes.values())),
             "devices": self.devices,
+            "acknowledged_in_session": self.acknowledged,
             "failures": dict(self.failures),
             "recoveries": dict(self.recoveries),
             "wall_s": time.monotonic() - start,
         }
+
+    def request_stop(self) -> None:
+        """End the run after the calls in flight (e.g. at a wall-clock limit)."""
+        if self._stop_step is None:
+            self._stop_step = self.env_steps
 
     def drain(self) -> None:
         """Finish every call still in flight (after an interrupt), so that `state()` is consistent."""
@@ -270,6 +278,7 @@ class Driver:
             self._metrics[f"faults/{kind}_recoveries"] = self.recoveries[kind]
         if kind == "worker":
             if result["replay_total"] is not None:
+                self.acknowledged += result["steps"]
                 # The replay's acknowledged total after this chunk (other workers' chunks included).
                 self.env_steps = max(self.env_steps, result["replay_total"])
                 self._metrics["replay/total_inserted"] = result["replay_total"]
