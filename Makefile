@@ -4,7 +4,7 @@
 PYTHON ?= python3.11
 TORCH ?= torch==2.13.0
 CONFIG ?= configs/inverted_pendulum.yaml
-ARGS ?=
+ARGS ?= --set train.stop_at_return=1000
 VENV := .venv
 BIN := $(VENV)/bin
 

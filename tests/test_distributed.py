@@ -44,9 +44,12 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
     assert summary["model_updates"] > cfg.train.model_warmup_updates
     assert summary["policy_updates"] > 0
     assert summary["policy_versions_used"] > 1
-    # The rate limiter held the target ratios (0.5 model, 1.0 policy updates per env step).
-    assert summary["model_ratio"] == pytest.approx(0.5, abs=0.1)
-    assert summary["policy_ratio"] == pytest.approx(1.0, abs=0.15)
+    # The rate limiter held the target ratios (0.5 model, 1.0 policy updates per env step): learners
+    # never ran ahead of their targets, and at the stop they lagged by at most the tolerance.
+    steps = summary["env_steps"] - cfg.train.random_steps
+    slack = cfg.resources.ratio_tolerance + cfg.resources.chunk_size
+    assert 0.5 * (steps - slack) <= summary["model_updates"] - cfg.train.model_warmup_updates <= 0.5 * steps
+    assert 1.0 * (steps - slack) <= summary["policy_updates"] <= 1.0 * steps
     assert summary["devices"] == {"model_learner": "cpu", "policy_learner": "cpu"}
 
     client = MlflowClient()

@@ -1,0 +1,286 @@
+"""DurableReplayBuffer: every acknowledged chunk survives a crash, once, with the same draws."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from umpo_dist.checkpoint import save_checkpoint
+from umpo_dist.durable_replay import DurableReplayBuffer
+from umpo_dist.replay import FIELDS
+
+OBS_DIM, ACT_DIM, E = 3, 2, 4
+STORED = FIELDS + ("global_index", "bootstrap", "holdout")
+
+torch.set_num_threads(1)
+
+
+def make_chunk(tag: float, m: int) -> dict[str, np.ndarray]:
+    """`m` transitions whose contents identify the chunk (`tag`) and the position in it."""
+    i = np.arange(m, dtype=np.float32)
+    return {
+        "obs": np.stack([tag + i, tag - i, i * 0.5], 1),
+        "action": np.stack([-i, i + tag], 1),
+        "reward": tag * 100.0 + i,
+        "next_obs": np.stack([tag + i + 1, tag - i - 1, i], 1),
+        "terminated": (i % 5 == 4).astype(np.float32),
+        "truncated": (i % 7 == 6).astype(np.float32),
+    }
+
+
+def make_buffer(run_dir, capacity: int = 1000, seed: int = 0) -> DurableReplayBuffer:
+    return DurableReplayBuffer(OBS_DIM, ACT_DIM, capacity, E, holdout_fraction=0.3, seed=seed, run_dir=run_dir)
+
+
+def checkpoint(buf: DurableReplayBuffer, run_dir, env_steps: int | None = None):
+    """What the driver does: a checkpoint of the buffer's state, then compact the log below it."""
+    state = buf.state()
+    total = int(state["total_inserted"])
+    save_checkpoint(run_dir, total if env_steps is None else env_steps, state, {"updates": 0}, {"updates": 0},
+                    {"env_steps": total}, {"env_id": "test"})
+    return buf.compact(total)
+
+
+def contents(buf: DurableReplayBuffer) -> dict[str, np.ndarray]:
+    state = buf.state()
+    return {k: state[k] for k in STORED + ("total_inserted",)}
+
+
+def assert_same_contents(a: DurableReplayBuffer, b: DurableReplayBuffer) -> None:
+    ca, cb = contents(a), contents(b)
+    for name in ca:
+        np.testing.assert_array_equal(ca[name], cb[name], err_msg=name)
+        assert ca[name].dtype == cb[name].dtype, name
+    assert a.total_inserted == b.total_inserted
+    assert len(a) == len(b)
+    assert a.streams == b.streams
+
+
+def log_files(run_dir) -> list[str]:
+    return sorted(p.name for p in (run_dir / "replay_log").glob("chunk_*.npz"))
+
+
+# -- crash and rebuild ---------------------------------------------------------------------------------
+def test_rebuild_after_crash_has_identical_contents(tmp_path):
+    buf = make_buffer(tmp_path)
+    acked = 0
+    for seq in range(4):
+        acked = buf.insert_chunk(make_chunk(1 + seq, 7), "worker-0", seq)
+        acked = buf.insert_chunk(make_chunk(50 + seq, 5), "worker-1", seq)
+    assert acked == buf.total_inserted == 4 * (7 + 5)
+    assert buf.streams == {"worker-0": 3, "worker-1": 3}
+    assert len(log_files(tmp_path)) == 8
+    # Different seed: whatever the rebuilt buffer would draw, it must store the logged draws.
+    rebuilt = make_buffer(tmp_path, seed=123)
+    assert rebuilt.total_inserted == acked
+    assert rebuilt.recovered_from_log == acked
+    assert_same_contents(buf, rebuilt)
+    assert rebuilt.holdout.any() and not rebuilt.holdout[:acked].all()  # the flags are not all alike
+    np.testing.assert_array_equal(rebuilt.bootstrap[:acked], buf.bootstrap[:acked])
+    # It goes on where the crashed one stopped.
+    assert rebuilt.insert_chunk(make_chunk(9, 3), "worker-0", 4) == acked + 3
+
+
+def test_resent_chunk_is_stored_once(tmp_path):
+    buf = make_buffer(tmp_path)
+    first = buf.insert_chunk(make_chunk(1, 6), "w", 0)
+    second = buf.insert_chunk(make_chunk(2, 6), "w", 1)
+    assert (first, second) == (6, 12)
+    before = contents(buf)
+    files = log_files(tmp_path)
+    # The acknowledgement was lost; the sender resends chunk 1 (and an older one).
+    assert buf.insert_chunk(make_chunk(2, 6), "w", 1) == 12
+    assert buf.insert_chunk(make_chunk(1, 6), "w", 0) == 12
+    assert log_files(tmp_path) == files
+    for name, value in contents(buf).items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    # Another stream's seq numbers are its own.
+    assert buf.insert_chunk(make_chunk(3, 6), "other", 1) == 18
+    # After a rebuild the resend is still recognised.
+    rebuilt = make_buffer(tmp_path)
+    assert rebuilt.insert_chunk(make_chunk(2, 6), "w", 1) == 18
+    assert rebuilt.insert_chunk(make_chunk(3, 6), "other", 1) == 18
+    assert rebuilt.total_inserted == 18
+
+
+def test_chunk_logged_but_not_acknowledged_is_kept_once(tmp_path, monkeypatch):
+    """A crash after the log write and before the acknowledgement: the resend is a duplicate."""
+    buf = make_buffer(tmp_path)
+    buf.insert_chunk(make_chunk(1, 4), "w", 0)
+
+    def crash(batch):
+        raise SystemExit("killed between the log write and the acknowledgement")
+
+    monkeypatch.setattr(buf, "insert", crash)
+    with pytest.raises(SystemExit):
+        buf.insert_chunk(make_chunk(2, 4), "w", 1)
+    rebuilt = make_buffer(tmp_path)
+    assert rebuilt.total_inserted == 8 and rebuilt.streams == {"w": 1}
+    assert rebuilt.insert_chunk(make_chunk(2, 4), "w", 1) == 8  # the sender's resend
+    np.testing.assert_array_equal(rebuilt.reward[4:8], make_chunk(2, 4)["reward"])
+
+
+def test_stale_temporary_log_file_is_ignored(tmp_path):
+    buf = make_buffer(tmp_path)
+    buf.insert_chunk(make_chunk(1, 4), "w", 0)
+    # A crash mid-append leaves a temporary file that was never acknowledged.
+    (tmp_path / "replay_log" / "chunk_000000000004_000004.npz.tmp").write_bytes(b"partial")
+    rebuilt = make_buffer(tmp_path)
+    assert rebuilt.total_inserted == 4
+    assert rebuilt.insert_chunk(make_chunk(2, 4), "w", 1) == 8
+    assert checkpoint(rebuilt, tmp_path) == 2
+    assert not list((tmp_path / "replay_log").glob("*.tmp"))
+
+
+# -- checkpoint and compaction -------------------------------------------------------------------------
+def test_checkpoint_compacts_the_log_and_rebuild_uses_both(tmp_path):
+    buf = make_buffer(tmp_path)
+    for seq in range(3):
+        buf.insert_chunk(make_chunk(seq, 10), "a", seq)
+        buf.insert_chunk(make_chunk(20 + seq, 4), "b", seq)
+    assert buf.total_inserted == 42 and len(log_files(tmp_path)) == 6
+    assert checkpoint(buf, tmp_path) == 6
+    assert log_files(tmp_path) == []
+    for seq in range(3, 5):
+        buf.insert_chunk(make_chunk(seq, 10), "a", seq)
+    buf.insert_chunk(make_chunk(30, 3), "b", 3)
+    assert buf.total_inserted == 65
+    assert log_files(tmp_path) == ["chunk_000000000042_000010.npz", "chunk_000000000052_000010.npz",
+                                   "chunk_000000000062_000003.npz"]
+    rebuilt = make_buffer(tmp_path, seed=7)
+    assert rebuilt.total_inserted == 65
+    assert rebuilt.recovered_from_log == 23
+    assert_same_contents(buf, rebuilt)
+    assert rebuilt.streams == {"a": 4, "b": 3}
+    # Resends of chunks that are only in the checkpoint are recognised too.
+    assert rebuilt.insert_chunk(make_chunk(0, 10), "a", 0) == 65
+    assert rebuilt.insert_chunk(make_chunk(22, 4), "b", 2) == 65
+
+
+def test_checkpoint_without_compaction_does_not_double_count(tmp_path):
+    """Chunks both in the checkpoint and in the log (compact not reached before a crash) count once."""
+    buf = make_buffer(tmp_path)
+    for seq in range(3):
+        buf.insert_chunk(make_chunk(seq, 5), "a", seq)
+    state = buf.state()
+    save_checkpoint(tmp_path, 15, state, {}, {}, {}, {})  # crash before compact
+    buf.insert_chunk(make_chunk(9, 5), "a", 3)
+    rebuilt = make_buffer(tmp_path)
+    assert rebuilt.total_inserted == 20 and rebuilt.recovered_from_log == 5
+    assert_same_contents(buf, rebuilt)
+
+
+def test_randomized_inserts_checkpoints_and_crashes(tmp_path):
+    rng = np.random.default_rng(20240607)
+    buf = make_buffer(tmp_path, capacity=64)
+    acked = 0
+    seqs = {"w0": -1, "w1": -1, "w2": -1}
+    crashes = checkpoints = resends = 0
+    for step in range(160):
+        op = rng.random()
+        if op < 0.70:
+            stream = f"w{rng.integers(3)}"
+            if seqs[stream] >= 0 and rng.random() < 0.2:  # resend an already acknowledged chunk
+                seq = int(rng.integers(seqs[stream] + 1))
+                resends += 1
+                assert buf.insert_chunk(make_chunk(step, 3), stream, seq) == acked
+                continue
+            seqs[stream] += 1
+            m = int(rng.integers(1, 12))
+            total = buf.insert_chunk(make_chunk(step, m), stream, seqs[stream])
+            assert total == acked + m
+            acked = total
+        elif op < 0.85:
+            checkpoints += 1
+            checkpoint(buf, tmp_path)
+        else:
+            crashes += 1
+            before = contents(buf)
+            streams = dict(buf.streams)
+            del buf
+            buf = make_buffer(tmp_path, capacity=64, seed=int(rng.integers(1000)))
+            assert buf.total_inserted == acked
+            assert buf.streams == streams == {k: v for k, v in seqs.items() if v >= 0}
+            for name, value in contents(buf).items():
+                np.testing.assert_array_equal(value, before[name], err_msg=f"{name} after crash {crashes}")
+    assert crashes >= 5 and checkpoints >= 5 and resends >= 5 and acked > 64  # the sequence exercised it all
+    assert make_buffer(tmp_path, capacity=64).total_inserted == acked
+
+
+@pytest.mark.xfail(reason="the sampler RNG state is not restored from the log: after a rebuild the draws for new "
+                          "chunks repeat those of the replayed chunks (umpo_dist/durable_replay.py _recover)",
+                   strict=False)
+@pytest.mark.parametrize("with_checkpoint", [False, True])
+def test_draws_after_rebuild_do_not_repeat_logged_draws(tmp_path, with_checkpoint):
+    buf = make_buffer(tmp_path)
+    if with_checkpoint:
+        buf.insert_chunk(make_chunk(0, 5), "w", 0)
+        checkpoint(buf, tmp_path)
+    buf.insert_chunk(make_chunk(1, 40), "w", 1)
+    logged = slice(buf.total_inserted - 40, buf.total_inserted)
+    rebuilt = make_buffer(tmp_path)
+    rebuilt.insert_chunk(make_chunk(2, 40), "w", 2)
+    new = slice(rebuilt.total_inserted - 40, rebuilt.total_inserted)
+    # 40 x 4 Poisson(1) draws: equal by chance with probability far below 1e-20.
+    assert not np.array_equal(rebuilt.bootstrap[new], rebuilt.bootstrap[logged])
+
+
+# -- damage ---------------------------------------------------------------------------------------------
+def test_gap_in_the_log_is_an_error_naming_the_directory(tmp_path):
+    buf = make_buffer(tmp_path)
+    for seq in range(4):
+        buf.insert_chunk(make_chunk(seq, 5), "w", seq)
+    (tmp_path / "replay_log" / "chunk_000000000010_000005.npz").unlink()
+    log_dir = tmp_path / "replay_log"
+    expected = f"replay log in '{log_dir}' has a gap: next chunk starts at 15, the replay holds 10"
+    with pytest.raises(RuntimeError, match=re.escape(expected)):
+        make_buffer(tmp_path)
+
+
+def test_gap_after_a_checkpoint_is_an_error(tmp_path):
+    buf = make_buffer(tmp_path)
+    buf.insert_chunk(make_chunk(0, 5), "w", 0)
+    checkpoint(buf, tmp_path)
+    for seq in range(1, 4):
+        buf.insert_chunk(make_chunk(seq, 5), "w", seq)
+    (tmp_path / "replay_log" / "chunk_000000000005_000005.npz").unlink()
+    with pytest.raises(RuntimeError, match=re.escape(f"replay log in '{tmp_path / 'replay_log'}' has a gap")):
+        make_buffer(tmp_path)
+
+
+# -- the ring buffer -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("with_checkpoint", [False, True])
+def test_wrapped_ring_buffer_survives_rebuild(tmp_path, with_checkpoint):
+    buf = make_buffer(tmp_path, capacity=10)
+    for seq in range(5):
+        buf.insert_chunk(make_chunk(seq, 7), "w", seq)
+        if with_checkpoint and seq == 2:
+            checkpoint(buf, tmp_path)
+    assert buf.total_inserted == 35 and len(buf) == 10
+    rebuilt = make_buffer(tmp_path, capacity=10)
+    assert_same_contents(buf, rebuilt)
+    np.testing.assert_array_equal(np.sort(rebuilt.global_index), np.arange(25, 35))
+    # The window holds the newest ten transitions: the last 7 of chunk 4, the last 3 of chunk 3.
+    expect = np.concatenate([make_chunk(3, 7)["reward"][-3:], make_chunk(4, 7)["reward"]])
+    np.testing.assert_array_equal(rebuilt.state()["reward"], expect)
+
+
+def test_chunk_larger_than_capacity(tmp_path):
+    buf = make_buffer(tmp_path, capacity=4)
+    buf.insert_chunk(make_chunk(1, 9), "w", 0)
+    buf.insert_chunk(make_chunk(2, 2), "w", 1)
+    rebuilt = make_buffer(tmp_path, capacity=4)
+    assert rebuilt.total_inserted == 11
+    assert_same_contents(buf, rebuilt)
+
+
+def test_without_run_dir_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    buf = DurableReplayBuffer(OBS_DIM, ACT_DIM, 10, E)
+    assert buf.insert_chunk(make_chunk(1, 3), "w", 0) == 3
+    assert buf.insert_chunk(make_chunk(1, 3), "w", 0) == 3
+    assert buf.compact(3) == 0
+    assert list(tmp_path.iterdir()) == []
