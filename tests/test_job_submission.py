@@ -192,22 +192,29 @@ def _ours(pid: int, markers: list[bytes]) -> bool:
     return any(m in cmdline or m in entries for m in markers)
 
 
-def _stop_group(proc: subprocess.Popen | None) -> None:
-    if proc is None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+def _stop_groups(procs: list[subprocess.Popen | None], grace_s: float = 15.0) -> None:
+    """SIGTERM the process groups we started (all at once), then SIGKILL what is left."""
+    procs = [p for p in procs if p is not None]
+    for proc in procs:
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            pass
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
         try:
-            proc.wait(timeout=wait_s)
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            continue
-    try:  # the group may outlive its leader
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+            pass
+    for proc in procs:  # the group may outlive its leader
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _sweep(markers: list[bytes]) -> list[int]:
@@ -261,14 +268,13 @@ def stack():
              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
              "--port", str(ports["mlflow"]), "--workers", "1"],
             cwd=work, env=env, stdout=mlflow_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        _wait(lambda: "Ray runtime started" in head_log.read_text(), 240, "ray head", head, head_log)
+        _wait(lambda: "Ray runtime started" in head_log.read_text(), 180, "ray head", head, head_log)
         _wait(lambda: _http_status(f"{dash}/api/version") in (200, 401, 403), 120, "ray dashboard", head, head_log)
-        _wait(lambda: _http_status(f"{mlflow_uri}/health") == 200, 180, "mlflow server", mlflow_proc, mlflow_log)
+        _wait(lambda: _http_status(f"{mlflow_uri}/health") == 200, 120, "mlflow server", mlflow_proc, mlflow_log)
         yield {"root": root, "home": home, "env": env, "dash": dash, "mlflow": mlflow_uri, "ports": ports,
                "head_log": head_log, "artifacts": root / "artifacts"}
     finally:
-        _stop_group(head)
-        _stop_group(mlflow_proc)
+        _stop_groups([head, mlflow_proc])
         time.sleep(1.0)
         leftovers = _sweep(markers)
         if leftovers:
@@ -318,7 +324,7 @@ def test_submit_runs_a_job_that_tracks_to_the_server(stack):
     assert "RAY_AUTH_MODE=token" in out.stdout
 
     jobs = _jobs_client(stack)
-    status, deadline = None, time.monotonic() + 900
+    status, deadline = None, time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
             status = jobs.get_job_status(job_id)
@@ -386,3 +392,13 @@ def test_submit_wait_follows_a_failing_job_and_returns_nonzero(stack):
     assert "umpo train /nonexistent/umpo.yaml --no-progress" in out.stdout
     assert "does not exist" in out.stdout  # the job's own error, streamed back
     assert re.search(r"job \S+ FAILED", out.stdout)
+
+
+@pytest.mark.e2e
+def test_submit_without_the_token_is_refused_with_a_clear_error(stack):
+    out = subprocess.run(
+        [*_umpo(), "submit", CONFIG, "--address", stack["dash"]],
+        cwd=REPO, env={**stack["env"], "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "umpo: error:" in out.stderr and stack["dash"] in out.stderr and "RAY_AUTH_MODE=token" in out.stderr
+    assert "Traceback" not in out.stderr
