@@ -15,8 +15,8 @@ Per-core efficiency = aggregate steps/s ÷ (workers × bare single-process steps
 would be perfect scaling of the bare loop over the workers' cores. The workers act with
 a freshly initialised policy (published to a `WeightStoreActor` as version 1), which
 costs exactly what a trained one does. The bare loop is measured at the start and at
-the end; ratios use the mean of the two, and the spread between them says how noisy
-the machine was.
+the end; so are the in-process collector variants; ratios use the mean of the two, and the
+spread between them (column before/after) says how noisy the machine was.
 
     PYTHONPATH=. .venv/bin/python benchmarks/collection.py [--env HalfCheetah-v5] [--chunk-size 100] \
         [--envs-per-worker 1 4] [--workers 1 2] [--seconds 6]
@@ -77,6 +77,17 @@ def collector_loop(env_id: str, num_envs: int, chunk: int, seconds: float, max_e
             break
     collector.close()
     return steps / (now - start)
+
+
+def policy_act_us(policy, obs_dim: int, n: int, calls: int = 2000) -> float:
+    """Microseconds per `policy.act` call on a batch of `n` observations."""
+    obs = np.zeros((n, obs_dim), np.float32)
+    for _ in range(100):
+        policy.act(obs)
+    start = time.perf_counter()
+    for _ in range(calls):
+        policy.act(obs)
+    return 1e6 * (time.perf_counter() - start) / calls
 
 
 def ray_workers(cfg, spec, replay, store, workers: int, chunk: int, seconds: float) -> dict:
@@ -145,15 +156,18 @@ def main() -> None:
                                 cfg.policy.hidden_size)
     load_start = os.getloadavg()
 
-    bare_before = bare_loop(args.env, args.seconds, mes)
-    print(f"bare loop (before): {bare_before:,.0f} steps/s", flush=True)
+    def in_process(when: str) -> dict:
+        """The bare loop and the in-process collector; measured before and after the Ray runs."""
+        out = {"bare": bare_loop(args.env, args.seconds, mes)}
+        print(f"bare loop ({when}): {out['bare']:,.0f} steps/s", flush=True)
+        for n in args.envs_per_worker:
+            out[("random", n)] = collector_loop(args.env, n, args.chunk_size, args.seconds, mes, None)
+            out[("policy", n)] = collector_loop(args.env, n, args.chunk_size, args.seconds, mes, policy.act)
+            print(f"EnvCollector in-process ({when}), {n} env(s): random {out[('random', n)]:,.0f}/s, "
+                  f"policy {out[('policy', n)]:,.0f}/s", flush=True)
+        return out
 
-    inproc: dict[tuple[str, int], float] = {}
-    for n in args.envs_per_worker:
-        inproc[("random", n)] = collector_loop(args.env, n, args.chunk_size, args.seconds, mes, None)
-        inproc[("policy", n)] = collector_loop(args.env, n, args.chunk_size, args.seconds, mes, policy.act)
-        print(f"EnvCollector in-process, {n} env(s): random {inproc[('random', n)]:,.0f}/s, "
-              f"policy {inproc[('policy', n)]:,.0f}/s", flush=True)
+    before = in_process("before")
 
     import ray
 
@@ -178,29 +192,35 @@ def main() -> None:
     replay_total = ray.get(replay.stats.remote())["total_inserted"]
     ray.shutdown()
 
-    bare_after = bare_loop(args.env, args.seconds, mes)
-    print(f"bare loop (after): {bare_after:,.0f} steps/s", flush=True)
+    after = in_process("after")
     load_end = os.getloadavg()
-    bare = (bare_before + bare_after) / 2
+    inproc = {k: (before[k] + after[k]) / 2 for k in before}
+    bare = inproc["bare"]
+    act_us = {n: policy_act_us(policy, spec.obs_dim, n) for n in args.envs_per_worker}
 
     print()
     print(f"collection: {args.env}, chunk {args.chunk_size}, policy {cfg.policy.hidden_layers}x{cfg.policy.hidden_size} "
           f"(torch threads 1 everywhere), {args.seconds:g} s per measurement, ray.init(num_cpus={num_cpus}), "
           f"{os.cpu_count()} cores")
     print(f"baseline: bare single-process loop (random actions, no policy) {bare:,.0f} steps/s "
-          f"(before {bare_before:,.0f}, after {bare_after:,.0f}); replay actor received {replay_total:,} transitions")
+          f"(before {before['bare']:,.0f}, after {after['bare']:,.0f}); replay actor received {replay_total:,} transitions")
+    print("policy.act per call (this process, 1 thread): "
+          + ", ".join(f"batch {n}: {us:.0f} us" for n, us in act_us.items()))
     print(f"load average (1/5/15 min): start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, "
           f"end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}")
     print()
-    header = f"{'configuration':<46}{'steps/s':>11}{'x bare':>9}{'per-core eff.':>15}{'vs in-proc':>12}"
+    header = (f"{'configuration':<46}{'steps/s':>11}{'x bare':>9}{'per-core eff.':>15}{'vs in-proc':>12}"
+              f"{'before/after':>18}")
     print(header)
     print("-" * len(header))
-    print(f"{'bare gym loop, 1 env, random, 1 process':<46}{bare:>11,.0f}{1.0:>9.2f}{1.0:>15.2f}{'':>12}")
+    ba = f"{before['bare']:,.0f}/{after['bare']:,.0f}"
+    print(f"{'bare gym loop, 1 env, random, 1 process':<46}{bare:>11,.0f}{1.0:>9.2f}{1.0:>15.2f}{'':>12}{ba:>18}")
     for n in args.envs_per_worker:
         for kind in ("random", "policy"):
             rate = inproc[(kind, n)]
             label = f"EnvCollector in-process, {n} env(s), {kind}"
-            print(f"{label:<46}{rate:>11,.0f}{rate / bare:>9.2f}{rate / bare:>15.2f}{'':>12}")
+            ba = f"{before[(kind, n)]:,.0f}/{after[(kind, n)]:,.0f}"
+            print(f"{label:<46}{rate:>11,.0f}{rate / bare:>9.2f}{rate / bare:>15.2f}{'':>12}{ba:>18}")
         for w in args.workers:
             rate = distributed[(w, n)]["rate"]
             label = f"Ray {w} worker(s) x {n} env(s), policy"

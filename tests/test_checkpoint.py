@@ -288,8 +288,6 @@ def test_a_pickled_object_is_not_executed(tmp_path, states, meta):
     assert marker.is_dir()
 
 
-@pytest.mark.xfail(reason="load_learner_state does not wrap torch.load errors in CheckpointError "
-                          "(umpo_dist/checkpoint.py load_learner_state)", strict=False)
 def test_load_learner_state_refuses_a_pickled_object_with_checkpoint_error(tmp_path, states, meta):
     path = write(tmp_path / "run", 120, states, meta)
     marker = tmp_path / "pwned"

@@ -20,7 +20,7 @@ import yaml
 from umpo_dist.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
-CLUSTER, DOCKER, DOCS = REPO / "cluster", REPO / "docker", REPO / "docs" / "cluster.md"
+CLUSTER, DOCKER, DOCS = REPO / "cluster", REPO / "docker", REPO / "README.md"
 LAUNCHER = CLUSTER / "aws.yaml"
 KUBERAY = CLUSTER / "kuberay"
 COMPOSE = DOCKER / "compose.yaml"

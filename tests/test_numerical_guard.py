@@ -312,8 +312,6 @@ def test_policy_rollback_and_reset(replay):
     assert learner.updates == 7 and np.isfinite(metrics["policy/objective"])
 
 
-@pytest.mark.xfail(reason="PolicyLearner.update applies the value step without checking value_loss/its gradient "
-                          "(umpo_dist/policy_learner.py, value update)", strict=False)
 def test_policy_nan_value_targets_do_not_reach_the_value_weights(replay, monkeypatch):
     import umpo_dist.policy_learner as pl
 

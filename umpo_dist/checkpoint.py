@@ -35,6 +35,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, damaged or made for another setting; names the path."""
 
 
+def _first_line(exc: Exception) -> str:
+    """torch's refusal text goes on to suggest `weights_only=False`: bad advice for a file from elsewhere."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(exc).__name__)
+    return detail
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -145,7 +152,7 @@ def load_checkpoint(path: str | Path, expect_meta: dict | None = None) -> dict:
             "counters": json.loads((path / "counters.json").read_text()),
         }
     except Exception as exc:  # checksums matched, so this is a file written by something else
-        raise CheckpointError(f"checkpoint '{path}' could not be read: {exc}") from None
+        raise CheckpointError(f"checkpoint '{path}' could not be read: {_first_line(exc)}") from None
 
 
 def load_learner_state(run_dir: str | Path, name: str) -> dict | None:
@@ -155,7 +162,10 @@ def load_learner_state(run_dir: str | Path, name: str) -> dict | None:
     except CheckpointError:
         return None
     verify_checkpoint(path)
-    return torch.load(path / f"{name}.pt", weights_only=True, map_location="cpu")
+    try:
+        return torch.load(path / f"{name}.pt", weights_only=True, map_location="cpu")
+    except Exception as exc:  # checksums matched, so this is a file written by something else
+        raise CheckpointError(f"checkpoint '{path}': '{name}.pt' could not be read: {_first_line(exc)}") from None
 
 
 # -- the exported policy --------------------------------------------------------
@@ -195,6 +205,6 @@ def load_policy(path: str | Path):
         )
         policy.load_state_dict(payload["state_dict"])
     except Exception as exc:
-        raise CheckpointError(f"policy file '{path}' could not be read: {exc}") from None
+        raise CheckpointError(f"policy file '{path}' could not be read: {_first_line(exc)}") from None
     policy.env_id = payload["env_id"]
     return policy.eval()

@@ -285,7 +285,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
+        # PyYAML raises plain ValueError for scalars it recognises but cannot build ('0x_', '2020-13-45').
         value = raw
     return key, value
 
@@ -302,7 +303,7 @@ def _apply_override(data: dict, key: str, value: Any) -> None:
 
 
 def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), check_env: bool = True) -> Config:
-    data = copy.deepcopy(data)
+    data = copy.deepcopy(data) if data is not None else {}
     for text in overrides:
         if not isinstance(data, dict):
             break
@@ -317,8 +318,12 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_en
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{path}' cannot be read as UTF-8 text: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
     return from_dict(data if data is not None else {}, overrides, check_env=check_env)
 

@@ -35,12 +35,12 @@ class ReplayLog:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
 
-    def append(self, start: int, stream: str, seq: int, batch: dict[str, np.ndarray]) -> Path:
+    def append(self, start: int, stream: str, seq: int, batch: dict[str, np.ndarray], rng_state: str = "") -> Path:
         m = len(batch["reward"])
         path = self.directory / f"chunk_{start:012d}_{m:06d}.npz"
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, stream=np.array(stream), seq=np.array(seq), **batch)
+            np.savez(fh, stream=np.array(stream), seq=np.array(seq), rng_state=np.array(rng_state), **batch)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -54,14 +54,15 @@ class ReplayLog:
             out.append((int(start), int(m), path))
         return sorted(out)
 
-    def records(self, after: int = 0) -> Iterator[tuple[int, str, int, dict[str, np.ndarray]]]:
-        """`(start, stream, seq, batch)` of every chunk that ends after global index `after`."""
+    def records(self, after: int = 0) -> Iterator[tuple[int, str, int, dict[str, np.ndarray], str]]:
+        """`(start, stream, seq, batch, rng_state)` of every chunk that ends after global index `after`."""
         for start, m, path in self._files():
             if start + m <= after:
                 continue
             with np.load(path, allow_pickle=False) as data:
-                batch = {k: data[k] for k in data.files if k not in ("stream", "seq")}
-                yield start, str(data["stream"]), int(data["seq"]), batch
+                batch = {k: data[k] for k in data.files if k not in ("stream", "seq", "rng_state")}
+                rng_state = str(data["rng_state"]) if "rng_state" in data.files else ""
+                yield start, str(data["stream"]), int(data["seq"]), batch, rng_state
 
     def compact(self, upto: int) -> int:
         """Delete the chunks wholly below global index `upto` (they are in a checkpoint); returns how many."""
@@ -95,7 +96,7 @@ class DurableReplayBuffer(ReplayBuffer):
         if path is not None:
             verify_checkpoint(path)
             self.load_state(read_replay_state(path / "replay.npz"))
-        for start, stream, seq, batch in self.log.records(after=self.total_inserted):
+        for start, stream, seq, batch, rng_state in self.log.records(after=self.total_inserted):
             if start != self.total_inserted:
                 raise RuntimeError(
                     f"replay log in '{self.log.directory}' has a gap: next chunk starts at {start}, "
@@ -104,6 +105,8 @@ class DurableReplayBuffer(ReplayBuffer):
             self.insert(batch)
             self.streams[stream] = max(seq, self.streams.get(stream, -1))
             self.recovered_from_log += len(batch["reward"])
+            if rng_state:  # continue the draws where the logged ones ended, never repeat them
+                self.rng.bit_generator.state = json.loads(rng_state)
 
     def insert_chunk(self, batch: dict[str, np.ndarray], stream: str, seq: int) -> int:
         """Make the chunk durable, store it, and return the acknowledged total."""
@@ -111,7 +114,7 @@ class DurableReplayBuffer(ReplayBuffer):
             return self.total_inserted  # a resend of a chunk already accepted
         full = self.with_insert_draws(batch)
         if self.log is not None:
-            self.log.append(self.total_inserted, stream, seq, full)
+            self.log.append(self.total_inserted, stream, seq, full, json.dumps(self.rng.bit_generator.state))
         self.insert(full)
         self.streams[stream] = seq
         return self.total_inserted

@@ -74,12 +74,6 @@ class PolicyLearner:
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         actor_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-        if not self.guard.finite(actor_loss.detach(), actor_grad):
-            # Skip the whole update: a non-finite rollout would also poison the value targets.
-            self.actor_opt.zero_grad(set_to_none=True)
-            self.guard.bad()
-            return self.guard.metrics("policy")
-        self.actor_opt.step()
 
         with torch.no_grad():
             states = rollout.states.detach()
@@ -88,9 +82,16 @@ class PolicyLearner:
             )
             weight = alive.detach()
         value_loss = (weight * (self.value(states[:-1]) - targets) ** 2).sum() / weight.sum().clamp_min(1e-6)
-        self.value_opt.zero_grad(set_to_none=True)
+        self.value_opt.zero_grad(set_to_none=True)  # also drops the actor loss's gradient on the value net
         value_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.grad_clip)
+        value_grad = torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.grad_clip)
+        if not self.guard.finite(actor_loss.detach(), actor_grad, value_loss.detach(), value_grad):
+            # Skip the whole update: neither network moves on a non-finite loss or gradient.
+            self.actor_opt.zero_grad(set_to_none=True)
+            self.value_opt.zero_grad(set_to_none=True)
+            self.guard.bad()
+            return self.guard.metrics("policy")
+        self.actor_opt.step()
         self.value_opt.step()
 
         alpha_loss = -self.log_alpha * (self.target_entropy - entropy.detach())

@@ -98,6 +98,7 @@ class Tracker:
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
         self.failed_flushes = 0
+        self._gaps_logged = 0
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         now_ms = int(time.time() * 1000)
@@ -112,22 +113,23 @@ class Tracker:
         self._last_flush = time.monotonic()
         if not self._pending:
             return True
-        try:
-            for i in range(0, len(self._pending), 1000):
-                self.client.log_batch(self.run_id, metrics=self._pending[i : i + 1000])
-        except Exception as exc:
-            self.failed_flushes += 1
-            self._pending = self._pending[-MAX_PENDING:]
-            log.warning("MLflow store unreachable (%s); keeping %d metric points to retry", exc, len(self._pending))
-            return False
-        if self.failed_flushes:
+        while self._pending:
+            try:
+                self.client.log_batch(self.run_id, metrics=self._pending[:1000])
+            except Exception as exc:
+                self.failed_flushes += 1
+                self._pending = self._pending[-MAX_PENDING:]
+                log.warning("MLflow store unreachable (%s); keeping %d metric points to retry", exc, len(self._pending))
+                return False
+            self._pending = self._pending[1000:]
+        if self.failed_flushes != self._gaps_logged:
             # Record the gap, so a reader of the run knows some points arrived late.
             gap = Metric("tracking/failed_flushes", float(self.failed_flushes), int(time.time() * 1000), 0)
             try:
                 self.client.log_batch(self.run_id, metrics=[gap])
+                self._gaps_logged = self.failed_flushes
             except Exception:
                 pass
-        self._pending = []
         return True
 
     def set_tags(self, tags: dict[str, str]) -> None:
