@@ -175,7 +175,7 @@ def main() -> None:
     from umpo_dist.distributed.weights import WeightStoreActor, publish
 
     num_cpus = args.num_cpus or max(2, max(args.workers))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     store = WeightStoreActor.remote()
     replay = ReplayActor.remote(spec.obs_dim, spec.action_dim, args.capacity, cfg.model.ensemble_size,
                                 cfg.replay.sampling, cfg.model.holdout_fraction, 0, run_dir=None)
@@ -200,7 +200,7 @@ def main() -> None:
 
     print()
     print(f"collection: {args.env}, chunk {args.chunk_size}, policy {cfg.policy.hidden_layers}x{cfg.policy.hidden_size} "
-          f"(torch threads 1 everywhere), {args.seconds:g} s per measurement, ray.init(num_cpus={num_cpus}), "
+          f"(torch threads 1 everywhere), {args.seconds:g} s per measurement, local ray.init(num_cpus={num_cpus}), "
           f"{os.cpu_count()} cores")
     print(f"baseline: bare single-process loop (random actions, no policy) {bare:,.0f} steps/s "
           f"(before {before['bare']:,.0f}, after {after['bare']:,.0f}); replay actor received {replay_total:,} transitions")

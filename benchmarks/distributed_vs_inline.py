@@ -16,8 +16,8 @@ evaluation runs; the inline runner evaluates in line.
 
 With `--halfcheetah-minutes M` it also runs HalfCheetah-v5 (`configs/halfcheetah.yaml`)
 for M minutes of wall-clock in each runtime and reports the highest evaluation return
-reached. The distributed run is capped by a driver callback that sets the driver's stop
-step; the inline run by a log callback that raises once the time is up (then one final
+reached. The distributed run is capped by a driver callback (`Driver.request_stop`, which
+sets the driver's stop step); the inline run by a log callback that raises once the time is up (then one final
 evaluation of the policy as it stands).
 
 Everything is written to a temp working directory (runs/, MLflow's SQLite store via
@@ -47,6 +47,20 @@ class _TimeUp(Exception):
     """Raised from the inline runner's log callback at the wall-clock cap."""
 
 
+def start_local_ray(cfg) -> None:
+    """A fresh local Ray instance sized as `umpo_dist.train.init_ray` sizes it.
+
+    `train()` would call `ray.init(num_cpus=...)`, which connects to (and fails on) any
+    Ray cluster already running on this machine; `address="local"` always starts a new one.
+    """
+    import ray
+
+    r = cfg.resources
+    needed = r.num_env_workers * r.worker_cpus + 2 * r.learner_cpus
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), dashboard_host="127.0.0.1",
+             include_dashboard=False)
+
+
 def pendulum_run(runtime: str, overrides: list[str], target: float) -> dict:
     from umpo_dist.config import load
     from umpo_dist.train import train
@@ -64,6 +78,8 @@ def pendulum_run(runtime: str, overrides: list[str], target: float) -> dict:
                     break
 
     t0 = time.perf_counter()
+    if runtime == "ray":
+        start_local_ray(cfg)
     summary = train(cfg, progress=False, callbacks=[on_round] if runtime == "ray" else ())
     total = time.perf_counter() - t0
     out = {"runtime": runtime, "cfg": cfg, "summary": summary, "total_s": total}
@@ -100,11 +116,15 @@ def halfcheetah_ray(overrides: list[str], cap_s: float) -> dict:
     def cap(driver) -> None:
         now = time.perf_counter()
         marks.setdefault("loop_start", now)
-        if driver._stop_step is None and now - marks["loop_start"] > cap_s:
-            driver._stop_step = driver.env_steps
+        if "capped_at" not in marks and now - marks["loop_start"] > cap_s:
+            if hasattr(driver, "request_stop"):
+                driver.request_stop()
+            elif driver._stop_step is None:
+                driver._stop_step = driver.env_steps
             marks["capped_at"] = driver.env_steps
 
     t0 = time.perf_counter()
+    start_local_ray(cfg)
     summary = train(cfg, progress=False, callbacks=[cap])
     return {"runtime": "ray", "summary": summary, "total_s": time.perf_counter() - t0, "cfg": cfg,
             "capped": "capped_at" in marks}

@@ -34,10 +34,13 @@ class TanhGaussianPolicy(nn.Module):
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
 
+    def _gaussian(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.net(obs).chunk(2, -1)
+        return mu, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         """Returns an action in the env's box and its log-probability (summed over action dims)."""
-        mu, log_std = self.net(obs).chunk(2, -1)
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        mu, log_std = self._gaussian(obs)
         std = log_std.exp()
         u = mu if deterministic else mu + std * torch.randn_like(mu)
         y = torch.tanh(u)
@@ -47,11 +50,13 @@ class TanhGaussianPolicy(nn.Module):
         logp = (gauss - log_det).sum(-1)
         return y * self.action_scale + self.action_bias, logp
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        param = next(self.parameters())
-        a, _ = self(torch.as_tensor(obs, dtype=param.dtype, device=param.device), deterministic)
-        return a.cpu().numpy()
+        """Actions for a batch of observations; no log-probability (this is the env workers' hot path)."""
+        param = self.action_scale
+        mu, log_std = self._gaussian(torch.as_tensor(obs, dtype=param.dtype, device=param.device))
+        u = mu if deterministic else mu + log_std.exp() * torch.randn_like(mu)
+        return (torch.tanh(u) * self.action_scale + self.action_bias).cpu().numpy()
 
 
 class ValueFunction(nn.Module):

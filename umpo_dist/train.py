@@ -61,7 +61,9 @@ def init_ray(cfg: Config, address: str | None):
         if needed > cores:
             log.warning("the run asks for %.1f CPUs and this machine has %d: actors will share cores", needed, cores)
         # A local run binds the dashboard to loopback only.
-        ray.init(num_cpus=max(cores, int(needed + 0.999)), dashboard_host="127.0.0.1", include_dashboard=False)
+        # address="local": a new cluster of our own, even if another one runs on this machine.
+        ray.init(address="local", num_cpus=max(cores, int(needed + 0.999)), dashboard_host="127.0.0.1",
+                 include_dashboard=False)
 
 
 def learning_curve_png(path: Path, evaluations, episodes, title: str) -> Path:
