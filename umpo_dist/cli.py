@@ -47,10 +47,8 @@ def cmd_evaluate(args) -> int:
         policy = load_policy(path)
         env_id = policy.env_id
     else:
-        import json
-
-        from .policy import TanhGaussianPolicy
         from .envs import env_spec
+        from .policy import TanhGaussianPolicy
 
         ckpt = load_checkpoint(resolve_checkpoint(path))
         meta = ckpt["manifest"]["meta"]

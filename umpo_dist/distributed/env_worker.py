@@ -11,7 +11,7 @@ from ..config import Config
 from ..devices import set_threads
 from ..envs import EnvSpec
 from ..policy import TanhGaussianPolicy
-from .retry import call_with_retry
+from .retry import call_with_retry, was_restarted
 from .weights import WeightSubscriber
 
 
@@ -22,7 +22,7 @@ class EnvWorker:
         # A restarted worker gets fresh seeds and a new chunk stream, so nothing collides with its past.
         self.stream = uuid.uuid4().hex
         seed = cfg.train.seed + 7919 * (index + 1)
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.restarted = was_restarted()
         if self.restarted:
             seed += 1 + uuid.UUID(self.stream).int % 1_000_000
         self.collector = EnvCollector(spec.env_id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)

@@ -18,7 +18,7 @@ from ..devices import select_device, set_threads
 from ..envs import EnvSpec
 from ..model_learner import ModelLearner
 from ..policy_learner import PolicyLearner
-from .retry import ACTOR_ERRORS, call_with_retry
+from .retry import ACTOR_ERRORS, call_with_retry, was_restarted
 from .weights import WeightSubscriber, publish
 
 
@@ -54,7 +54,7 @@ class _LearnerActor:
         set_threads(cfg.resources.learner_cpus)
         self.device = select_device(ray.get_gpu_ids())
         self.cfg, self.store, self.run_dir = cfg, store, run_dir
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.restarted = was_restarted()
 
     def _restore(self) -> None:
         """After a restart: optimiser and the rest from the last checkpoint, then the newest published weights."""

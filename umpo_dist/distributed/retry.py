@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import ray
 from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
@@ -27,3 +28,10 @@ def call_with_retry(make_call, what: str, timeout_s: float = 600.0):
             log.warning("%s failed (%s); retrying in %.1f s", what, type(exc).__name__, delay)
             time.sleep(delay)
             delay = min(2.0, delay * 2)
+
+
+def was_restarted() -> bool:
+    """Inside an actor: whether Ray restarted it (its constructor is running again after a death)."""
+    with warnings.catch_warnings():  # Ray 2.60 warns about its own use of a deprecated property here
+        warnings.simplefilter("ignore")
+        return ray.get_runtime_context().was_current_actor_reconstructed
