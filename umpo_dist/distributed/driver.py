@@ -126,11 +126,15 @@ class Driver:
 
     def checkpoint_written(self, replay_total: int) -> None:
         """The chunks up to `replay_total` are now in a checkpoint: drop them from the log."""
-        ray.get(self.replay.compact.remote(replay_total))
+        call_with_retry(lambda: self.replay.compact.remote(replay_total), "replay log compaction")
 
-    def latest_policy_weights(self) -> dict:
-        held = ray.get(self.store.latest.remote("policy", -1))
-        return ray.get(held[1][0]) if held else None
+    def latest_policy_weights(self) -> dict | None:
+        """The newest published policy, or None if there is none (yet, or since the store restarted)."""
+        held = call_with_retry(lambda: self.store.latest.remote("policy", -1), "reading policy weights")
+        try:
+            return ray.get(held[1][0]) if held else None
+        except ACTOR_ERRORS:  # the store died after answering: its objects went with it
+            return None
 
     # -- the loop ---------------------------------------------------------------
     def run(self, checkpoint: Callable[["Driver"], None] | None = None, progress=None) -> dict:

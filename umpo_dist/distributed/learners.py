@@ -64,8 +64,11 @@ class _LearnerActor:
         held = call_with_retry(lambda: self.store.latest.remote(self.weights_name, -1), "reading weights")
         if held is not None:
             version, (ref,) = held
-            self._load_published(ray.get(ref))
-            self.learner.updates = version
+            try:
+                self._load_published(ray.get(ref))
+                self.learner.updates = version
+            except ACTOR_ERRORS:
+                pass  # the store went down meanwhile: keep what the checkpoint gave
 
     def _result(self, rows: list[dict], **extra) -> dict:
         publish(self.store, self.weights_name, self.learner.updates, self._published())

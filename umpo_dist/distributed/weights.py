@@ -61,8 +61,11 @@ class WeightSubscriber:
         """Block until some version newer than the one held exists."""
         deadline = time.monotonic() + timeout_s
         while True:
-            weights = self._take(call_with_retry(lambda: self.store.latest.remote(self.name, self.version),
-                                                 f"reading {self.name} weights"))
+            held = call_with_retry(lambda: self.store.latest.remote(self.name, self.version), f"reading {self.name} weights")
+            try:
+                weights = self._take(held)
+            except ACTOR_ERRORS:  # the store died after answering; ask the restarted one
+                weights = None
             if weights is not None:
                 self._pending = None
                 return weights
