@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from umpo_dist import config  # noqa: E402
 from umpo_dist.checkpoint import load_checkpoint  # noqa: E402
-from umpo_dist.train import train  # noqa: E402
+from umpo_dist.train import init_ray, train  # noqa: E402
 
 
 class RandomKiller:
@@ -71,7 +71,7 @@ def main() -> None:
     overrides = ["train.total_env_steps=10000000", "train.checkpoint_every=2000", "train.eval_every=2000",
                  f"train.seed={args.seed}", "tracking.log_every_s=10", *args.set]
     cfg = config.load(ROOT / "configs" / f"{args.env}.yaml", overrides)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    init_ray(cfg, None)  # sized like `umpo train` does: every actor, and a restarted one, gets its CPUs
 
     killer = RandomKiller(args.minutes, args.every, args.seed)
     faulty = train(cfg, progress=False, callbacks=[killer])

@@ -30,6 +30,7 @@ from .weights import WeightStoreActor
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[dict, int], None]
+RESTART_COOLDOWN_S = 1.0  # pause before calling an actor again after a failed call
 
 
 @ray.remote(num_cpus=0)
@@ -89,6 +90,7 @@ class Driver:
         self.next_checkpoint = t.checkpoint_every or None
         self._stop_step = None
         self.acknowledged = 0  # transitions whose acknowledgement a worker reported in this process
+        self._down: dict[tuple[str, int], float] = {}  # failed actors: (kind, index) -> when to call again
         self.failures: Counter = Counter()  # actor deaths seen, by role
         self.recoveries: Counter = Counter()  # restarted actors that came back and reported, by role
         self.callbacks: list[Callable[["Driver"], None]] = []  # called once per scheduling round
@@ -221,6 +223,9 @@ class Driver:
         return call_with_retry(lambda: self.replay.stats.remote(), "replay stats")["total_inserted"]
 
     def _busy(self, kind: str, index: int = 0) -> bool:
+        """A call is in flight, or the actor is restarting and is left alone for a moment."""
+        if self._down.get((kind, index), 0.0) > time.monotonic():
+            return True
         return any(k == kind and i == index for k, i, _ in self._inflight.values())
 
     def _schedule_workers(self) -> None:
@@ -269,13 +274,17 @@ class Driver:
         try:
             result = ray.get(ref)
         except ACTOR_ERRORS as exc:
-            # Ray restarts the actor (max_restarts); its call is lost, and is simply scheduled again.
-            self.failures[kind] += 1
-            log.warning("actor %s failed (%s); it is being restarted", role, type(exc).__name__)
+            # Ray restarts the actor (max_restarts); its call is lost and is scheduled again once it is
+            # back. Calls that fail while it is still down are the same failure, not new ones.
+            if (kind, index) not in self._down:
+                self.failures[kind] += 1
+                log.warning("actor %s failed (%s); it is being restarted", role, type(exc).__name__)
+                self._metrics[f"faults/{kind}_failures"] = self.failures[kind]
+            self._down[(kind, index)] = time.monotonic() + RESTART_COOLDOWN_S
             if kind == "worker":
                 self.env_steps = max(self.env_steps, self._replay_total())
-            self._metrics[f"faults/{kind}_failures"] = self.failures[kind]
             return
+        self._down.pop((kind, index), None)
         if result.get("restarted"):
             self.recoveries[kind] += 1
             log.warning("actor %s is back after a restart", role)
