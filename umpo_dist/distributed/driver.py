@@ -176,6 +176,9 @@ class Driver:
                 if stop or self.env_steps >= t.total_env_steps:
                     break
                 if not self._inflight:
+                    if self._down:  # the actor everything waits for is restarting: give it a moment
+                        time.sleep(RESTART_COOLDOWN_S / 4)
+                        continue
                     raise RuntimeError("scheduler stalled: nothing in flight and nothing allowed; check the ratios")
             ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
             for ref in ready:
