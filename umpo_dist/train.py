@@ -142,8 +142,11 @@ def train(
         tracker.set_tags({"resumed_from": str(ckpt["path"]), "resumed_at_env_steps": runner.env_steps})
         log.info("resumed run %s at %d env steps", tracker.run_id, runner.env_steps)
 
+    newest_policy: dict = {}
+
     def checkpoint(r) -> Path:
         state = r.state()
+        newest_policy["weights"] = state["policy"]["policy"]
         path = save_checkpoint(run_dir, r.env_steps, state["replay"], state["model"], state["policy"],
                                {**state["counters"], "torch_rng": torch.get_rng_state().tolist()}, meta)
         r.checkpoint_written(int(state["replay"]["total_inserted"]))
@@ -168,8 +171,7 @@ def train(
     if bar:
         bar.close()
     final = checkpoint(runner)
-    policy_weights = runner.state()["policy"]["policy"]
-    policy_file = export_policy(run_dir / "policy.pt", policy_weights, spec.env_id, spec.obs_dim, spec.action_low,
+    policy_file = export_policy(run_dir / "policy.pt", newest_policy["weights"], spec.env_id, spec.obs_dim, spec.action_low,
                                 spec.action_high, cfg.policy.hidden_layers, cfg.policy.hidden_size)
     curve = learning_curve_png(run_dir / "learning_curve.png", runner.evaluations, runner.episodes, cfg.env.id)
     summary_metrics = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
