@@ -32,7 +32,6 @@ import yaml
 
 from umpo_dist.config import ConfigError
 from umpo_dist.submit import (
-    EXCLUDES,
     SubmitError,
     build_job,
     enable_token_auth_if_available,
