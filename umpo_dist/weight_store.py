@@ -27,6 +27,3 @@ class WeightStore:
         if held is None or held[0] <= known_version:
             return None
         return held
-
-    def versions(self) -> dict[str, int]:
-        return {name: v for name, (v, _) in self._latest.items()}
