@@ -31,10 +31,10 @@ import time
 import numpy as np
 import torch
 
-from umpo_dist.collector import EnvCollector
+from umpo_dist.envs.collector import EnvCollector
 from umpo_dist.config import from_dict
-from umpo_dist.envs import env_spec, make_env
-from umpo_dist.policy import TanhGaussianPolicy
+from umpo_dist.envs.spec import env_spec, make_env
+from umpo_dist.models.policy import TanhGaussianPolicy
 
 
 def bare_loop(env_id: str, seconds: float, max_episode_steps: int, seed: int = 0) -> float:
@@ -94,7 +94,7 @@ def ray_workers(cfg, spec, replay, store, workers: int, chunk: int, seconds: flo
     """Aggregate steps/s of `workers` EnvWorker actors, each kept busy with one `collect` call at a time."""
     import ray
 
-    from umpo_dist.distributed.env_worker import EnvWorker
+    from umpo_dist.runtime.ray.env_worker import EnvWorker
 
     t0 = time.perf_counter()
     actors = [EnvWorker.options(num_cpus=cfg.resources.worker_cpus).remote(cfg, spec, i, replay, store)
@@ -171,8 +171,8 @@ def main() -> None:
 
     import ray
 
-    from umpo_dist.distributed.replay_actor import ReplayActor
-    from umpo_dist.distributed.weights import WeightStoreActor, publish
+    from umpo_dist.runtime.ray.replay_actor import ReplayActor
+    from umpo_dist.runtime.ray.weights import WeightStoreActor, publish
 
     num_cpus = args.num_cpus or max(2, max(args.workers))
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)

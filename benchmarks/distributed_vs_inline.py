@@ -1,6 +1,6 @@
 """Wall-clock to a target return: the distributed runtime (Ray actors) against the inline runner.
 
-Both runs go through `umpo_dist.train.train` with the same config and seed; only
+Both runs go through `umpo_dist.ops.train.train` with the same config and seed; only
 `runtime` differs (`ray`: env workers, replay actor, model and policy learners as Ray
 actors, design §2; `inline`: the same classes in one process). The task is
 InvertedPendulum-v5 from `configs/inverted_pendulum.yaml` with
@@ -48,7 +48,7 @@ class _TimeUp(Exception):
 
 
 def start_local_ray(cfg) -> None:
-    """A fresh local Ray instance sized as `umpo_dist.train.init_ray` sizes it.
+    """A fresh local Ray instance sized as `umpo_dist.ops.train.init_ray` sizes it.
 
     `train()` would call `ray.init(num_cpus=...)`, which connects to (and fails on) any
     Ray cluster already running on this machine; `address="local"` always starts a new one.
@@ -63,7 +63,7 @@ def start_local_ray(cfg) -> None:
 
 def pendulum_run(runtime: str, overrides: list[str], target: float) -> dict:
     from umpo_dist.config import load
-    from umpo_dist.train import train
+    from umpo_dist.ops.train import train
 
     cfg = load(ROOT / "configs" / "inverted_pendulum.yaml", PENDULUM_OVERRIDES + overrides + [f"runtime={runtime}"])
     marks: dict = {}
@@ -108,7 +108,7 @@ def pendulum_run(runtime: str, overrides: list[str], target: float) -> dict:
 
 def halfcheetah_ray(overrides: list[str], cap_s: float) -> dict:
     from umpo_dist.config import load
-    from umpo_dist.train import train
+    from umpo_dist.ops.train import train
 
     cfg = load(ROOT / "configs" / "halfcheetah.yaml", overrides + ["runtime=ray"])
     marks: dict = {}
@@ -132,7 +132,7 @@ def halfcheetah_ray(overrides: list[str], cap_s: float) -> dict:
 
 def halfcheetah_inline(overrides: list[str], cap_s: float) -> dict:
     from umpo_dist.config import load
-    from umpo_dist.inline import InlineRunner
+    from umpo_dist.runtime.inline import InlineRunner
 
     cfg = load(ROOT / "configs" / "halfcheetah.yaml", overrides + ["runtime=inline"])
     torch.set_num_threads(max(1, int(cfg.resources.learner_cpus)))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from umpo_dist.ensemble import EnsembleDynamics
+from umpo_dist.models.ensemble import EnsembleDynamics
 
 
 class LoopEnsemble(nn.Module):

@@ -1,6 +1,6 @@
 """Evaluation return against environment steps, with the inline runner, next to design §5's figures.
 
-Runs `umpo_dist.inline.InlineRunner` (the whole algorithm in one process, one torch
+Runs `umpo_dist.runtime.inline.InlineRunner` (the whole algorithm in one process, one torch
 thread) per environment and seed, records every evaluation with its wall-clock time,
 and reports the first env step at which the return reached the task's target.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from umpo_dist.config import Config, load
-from umpo_dist.inline import InlineRunner
+from umpo_dist.runtime.inline import InlineRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 

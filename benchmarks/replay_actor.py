@@ -136,9 +136,9 @@ def main() -> None:
 
     import ray
 
-    from umpo_dist.distributed.replay_actor import ReplayActor
-    from umpo_dist.durable_replay import DurableReplayBuffer
-    from umpo_dist.replay import ReplayBuffer
+    from umpo_dist.runtime.ray.replay_actor import ReplayActor
+    from umpo_dist.data.durable_replay import DurableReplayBuffer
+    from umpo_dist.data.replay import ReplayBuffer
 
     load_start = os.getloadavg()
     tmp = tempfile.mkdtemp(prefix="umpo-bench-replay-", dir=args.tmp)

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from umpo_dist import config  # noqa: E402
-from umpo_dist.checkpoint import load_checkpoint  # noqa: E402
-from umpo_dist.train import init_ray, train  # noqa: E402
+from umpo_dist.ops.checkpoint import load_checkpoint  # noqa: E402
+from umpo_dist.ops.train import init_ray, train  # noqa: E402
 
 
 class RandomKiller:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from umpo_dist import cli
-from umpo_dist.checkpoint import (
+from umpo_dist.ops.checkpoint import (
     KEEP,
     MANIFEST,
     CheckpointError,
@@ -26,11 +26,11 @@ from umpo_dist.checkpoint import (
     verify_checkpoint,
 )
 from umpo_dist.config import from_dict
-from umpo_dist.envs import env_spec
-from umpo_dist.model_learner import ModelLearner
-from umpo_dist.policy_learner import PolicyLearner
-from umpo_dist.replay import ReplayBuffer
-from umpo_dist.train import checkpoint_meta
+from umpo_dist.envs.spec import env_spec
+from umpo_dist.models.model_learner import ModelLearner
+from umpo_dist.objectives.mean_variance import PolicyLearner
+from umpo_dist.data.replay import ReplayBuffer
+from umpo_dist.ops.train import checkpoint_meta
 
 torch.set_num_threads(1)
 

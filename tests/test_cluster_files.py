@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from umpo_dist.cli import build_parser
+from umpo_dist.ops.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER, DOCKER, DOCS = REPO / "cluster", REPO / "docker", REPO / "README.md"

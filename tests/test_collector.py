@@ -8,9 +8,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import umpo_dist.collector as collector_mod
-from umpo_dist.collector import EnvCollector, stack_transitions
-from umpo_dist.envs import env_spec, make_env
+import umpo_dist.envs.collector as collector_mod
+from umpo_dist.envs.collector import EnvCollector, stack_transitions
+from umpo_dist.envs.spec import env_spec, make_env
 
 ENV_ID = "InvertedPendulum-v5"
 KEYS = {"obs", "action", "reward", "next_obs", "terminated", "truncated"}

@@ -7,8 +7,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from umpo_dist import config
-from umpo_dist.checkpoint import load_checkpoint
-from umpo_dist.train import train
+from umpo_dist.ops.checkpoint import load_checkpoint
+from umpo_dist.ops.train import train
 
 pytestmark = pytest.mark.e2e
 
@@ -72,8 +72,8 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
         assert path in artifacts, artifacts
 
     # The exported policy loads and balances the pendulum on its own.
-    from umpo_dist.checkpoint import load_policy
-    from umpo_dist.evaluation import evaluate_policy
+    from umpo_dist.ops.checkpoint import load_policy
+    from umpo_dist.envs.evaluation import evaluate_policy
 
     policy = load_policy(summary["policy_file"])
     assert evaluate_policy(policy, "InvertedPendulum-v5", 2, seed=123)["return_mean"] >= 900

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from umpo_dist.checkpoint import save_checkpoint
-from umpo_dist.durable_replay import DurableReplayBuffer
-from umpo_dist.replay import FIELDS
+from umpo_dist.ops.checkpoint import save_checkpoint
+from umpo_dist.data.durable_replay import DurableReplayBuffer
+from umpo_dist.data.replay import FIELDS
 
 OBS_DIM, ACT_DIM, E = 3, 2, 4
 STORED = FIELDS + ("global_index", "bootstrap", "holdout")

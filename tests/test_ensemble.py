@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from umpo_dist.config import ModelConfig
-from umpo_dist.ensemble import EnsembleDynamics, EnsembleLinear, RunningNormalizer
-from umpo_dist.model_learner import ModelLearner
-from umpo_dist.replay import ReplayBuffer
+from umpo_dist.models.ensemble import EnsembleDynamics, EnsembleLinear, RunningNormalizer
+from umpo_dist.models.model_learner import ModelLearner
+from umpo_dist.data.replay import ReplayBuffer
 
 torch.set_num_threads(1)
 

@@ -4,9 +4,9 @@ import pytest
 import ray
 
 from test_distributed import FAST, ip_config
-from umpo_dist.checkpoint import load_checkpoint
-from umpo_dist.distributed.retry import call_with_retry
-from umpo_dist.train import train
+from umpo_dist.ops.checkpoint import load_checkpoint
+from umpo_dist.runtime.ray.retry import call_with_retry
+from umpo_dist.ops.train import train
 
 pytestmark = pytest.mark.e2e
 

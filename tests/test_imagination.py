@@ -10,11 +10,11 @@ import torch
 from torch import distributions as D
 
 from umpo_dist.config import ModelConfig, PolicyConfig
-from umpo_dist.ensemble import EnsembleDynamics
-from umpo_dist.imagination import Rollout, imagine_rollout, lambda_returns, mean_variance_objective, particle_returns
-from umpo_dist.model_learner import ModelLearner
-from umpo_dist.policy import TanhGaussianPolicy, ValueFunction
-from umpo_dist.policy_learner import PolicyLearner
+from umpo_dist.models.ensemble import EnsembleDynamics
+from umpo_dist.objectives.rollouts import Rollout, imagine_rollout, lambda_returns, mean_variance_objective, particle_returns
+from umpo_dist.models.model_learner import ModelLearner
+from umpo_dist.models.policy import TanhGaussianPolicy, ValueFunction
+from umpo_dist.objectives.mean_variance import PolicyLearner
 
 torch.set_num_threads(1)
 f64 = torch.float64
@@ -175,7 +175,7 @@ def test_policy_actions_stay_in_the_box():
 
 
 def _dist_params(policy, obs):
-    from umpo_dist.policy import LOG_STD_MAX, LOG_STD_MIN
+    from umpo_dist.models.policy import LOG_STD_MAX, LOG_STD_MIN
 
     mu, log_std = policy.net(obs).chunk(2, -1)
     log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from umpo_dist import config
-from umpo_dist.inline import InlineRunner
+from umpo_dist.runtime.inline import InlineRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from umpo_dist.config import ConfigError
-from umpo_dist.submit import (
+from umpo_dist.ops.submit import (
     SubmitError,
     build_job,
     enable_token_auth_if_available,
@@ -55,7 +55,7 @@ def _args(**kw) -> argparse.Namespace:
 
 def _umpo() -> list[str]:
     script = BIN / "umpo"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "umpo_dist.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "umpo_dist"]
 
 
 def _free_port() -> int:
@@ -68,7 +68,7 @@ def _free_port() -> int:
 def test_default_job_ships_the_working_directory(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     job = build_job(_args(set=["model.hidden_size=64", "tracking.run_name=a b"]))
-    assert job["entrypoint"] == (f"python -m umpo_dist.cli train {CONFIG} --no-progress "
+    assert job["entrypoint"] == (f"python -m umpo_dist train {CONFIG} --no-progress "
                                  "--set model.hidden_size=64 --set 'tracking.run_name=a b'")
     env = job["runtime_env"]
     assert Path(env["working_dir"]) == REPO
@@ -106,7 +106,7 @@ def test_installed_mode_runs_umpo_and_ships_only_the_config(tmp_path):
     job = build_job(_args(installed=True, config="/home/ray/umpo-dist/configs/hopper.yaml"))
     assert job["entrypoint"].startswith("umpo train /home/ray/umpo-dist/configs/hopper.yaml")
     assert "working_dir" not in job["runtime_env"]
-    assert train_command("c.yaml", [], installed=False)[:3] == ["python", "-m", "umpo_dist.cli"]
+    assert train_command("c.yaml", [], installed=False)[:3] == ["python", "-m", "umpo_dist"]
 
 
 def test_address_resolution(monkeypatch):
@@ -134,7 +134,7 @@ def test_token_mode_turned_on_when_a_token_exists(tmp_path):
     (tmp_path / ".ray" / "auth_token").write_text("x" * 64)
     env = {k: v for k, v in os.environ.items() if k not in SCRUB}
     code = ("import ray, os\n"
-            "from umpo_dist.submit import enable_token_auth_if_available as f\n"
+            "from umpo_dist.ops.submit import enable_token_auth_if_available as f\n"
             "from ray._private.authentication.authentication_utils import is_token_auth_enabled\n"
             "print(f(), os.environ.get('RAY_AUTH_MODE'), is_token_auth_enabled())\n")
     out = subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(tmp_path)}, capture_output=True,
@@ -341,7 +341,7 @@ def test_submit_runs_a_job_that_tracks_to_the_server(stack):
 
     info = jobs.get_job_info(job_id)
     # The entrypoint ran the shipped code and its driver joined this cluster (RAY_ADDRESS from the job).
-    assert info.entrypoint.startswith(f"python -m umpo_dist.cli train {CONFIG} --no-progress")
+    assert info.entrypoint.startswith(f"python -m umpo_dist train {CONFIG} --no-progress")
     assert info.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == stack["mlflow"]
     assert info.driver_info is not None, "the job's driver did not connect to the cluster"
     assert "== umpo-dist run summary ==" in logs

@@ -6,7 +6,7 @@ from ray.cluster_utils import Cluster
 
 from test_distributed import FAST, ip_config
 from test_faults import RUN, finished_consistently
-from umpo_dist.train import train
+from umpo_dist.ops.train import train
 
 pytestmark = pytest.mark.e2e
 

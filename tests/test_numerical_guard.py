@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from umpo_dist.config import ModelConfig, PolicyConfig
-from umpo_dist.model_learner import ModelLearner
+from umpo_dist.models.model_learner import ModelLearner
 from umpo_dist.numerical_guard import NumericalGuard
-from umpo_dist.policy_learner import PolicyLearner
-from umpo_dist.replay import ReplayBuffer
+from umpo_dist.objectives.mean_variance import PolicyLearner
+from umpo_dist.data.replay import ReplayBuffer
 
 torch.set_num_threads(1)
 
@@ -265,7 +265,7 @@ def test_policy_nan_start_states_are_skipped(replay):
 
 
 def test_policy_nan_objective_is_skipped(replay, monkeypatch):
-    import umpo_dist.policy_learner as pl
+    import umpo_dist.objectives.mean_variance as pl
 
     learner = make_policy_learner(replay)
     before = snapshot(*policy_parts(learner))
@@ -313,7 +313,7 @@ def test_policy_rollback_and_reset(replay):
 
 
 def test_policy_nan_value_targets_do_not_reach_the_value_weights(replay, monkeypatch):
-    import umpo_dist.policy_learner as pl
+    import umpo_dist.objectives.mean_variance as pl
 
     learner = make_policy_learner(replay)
     real = pl.lambda_returns

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from umpo_dist.rate_limiter import RateLimiter
+from umpo_dist.data.rate_limiter import RateLimiter
 
 
 def test_target_updates():

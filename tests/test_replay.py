@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from umpo_dist.replay import ReplayBuffer, linear_ranks
+from umpo_dist.data.replay import ReplayBuffer, linear_ranks
 
 OBS_DIM, ACT_DIM, E = 3, 2, 5
 

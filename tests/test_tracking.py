@@ -11,7 +11,7 @@ import torch
 from umpo_dist import cli
 from umpo_dist import tracking as tracking_mod
 from umpo_dist.config import flatten, from_dict
-from umpo_dist.tracking import Tracker, TrackingError, check_reachable
+from umpo_dist.ops.tracking import Tracker, TrackingError, check_reachable
 
 torch.set_num_threads(1)
 

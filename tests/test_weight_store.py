@@ -1,6 +1,6 @@
 """The weight store keeps the newest version of each weight set; readers get it only when it changed."""
 
-from umpo_dist.weight_store import WeightStore
+from umpo_dist.runtime.weight_store import WeightStore
 
 
 def test_readers_get_weights_only_when_a_newer_version_exists():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,152 +24,118 @@ class ConfigError(ValueError):
     """A configuration problem, with a message that names the offending key."""
 
 
+def ranged(default: Any, low: float, high: float = math.inf, open_low: bool = False) -> Any:
+    """A field whose value must lie in [low, high] — (low, high] with `open_low` — checked on load."""
+    return field(default=default, metadata={"range": (low, high, not open_low)})
+
+
+def choice(default: str, *options: str) -> Any:
+    """A field that takes one of a few words, checked on load."""
+    return field(default=default, metadata={"choices": options})
+
 @dataclass
 class EnvConfig:
     id: str = "InvertedPendulum-v5"  # Gymnasium environment id
-    max_episode_steps: int = 1000  # episode step limit (truncation)
-    eval_episodes: int = 5  # evaluation episodes per evaluation round
+    max_episode_steps: int = ranged(1000, 1)  # episode step limit (truncation)
+    eval_episodes: int = ranged(5, 1)  # evaluation episodes per evaluation round
 
 
 @dataclass
 class ReplayConfig:
-    capacity: int = 1_000_000  # ring buffer size: the window is the `capacity` newest items
-    sampling: str = "linear"  # "linear" (newer weighted up, rank-proportional) or "uniform"
+    capacity: int = ranged(1_000_000, 1)  # ring buffer size: the window is the `capacity` newest items
+    sampling: str = choice("linear", "linear", "uniform")  # "linear" (newer weighted up, rank-proportional) or "uniform"
 
 
 @dataclass
 class ModelConfig:
-    ensemble_size: int = 7  # E, number of bootstrap members
-    hidden_layers: int = 4  # hidden layers per member
-    hidden_size: int = 200  # units per hidden layer
-    elites: int = 5  # members with the best held-out loss, tracked and reported
-    lr: float = 1e-3  # Adam learning rate
-    weight_decay: float = 1e-5  # L2 penalty on the weights
-    batch_size: int = 256  # samples per member per update
-    holdout_fraction: float = 0.1  # share of transitions kept out of training for validation
-    holdout_capacity: int = 5000  # newest held-out transitions kept for validation
-    validate_every: int = 250  # model updates between held-out evaluations
+    ensemble_size: int = ranged(7, 1)  # E, number of bootstrap members
+    hidden_layers: int = ranged(4, 1)  # hidden layers per member
+    hidden_size: int = ranged(200, 1)  # units per hidden layer
+    elites: int = ranged(5, 1)  # members with the best held-out loss, tracked and reported
+    lr: float = ranged(1e-3, 0, 1, open_low=True)  # Adam learning rate
+    weight_decay: float = ranged(1e-5, 0, 1)  # L2 penalty on the weights
+    batch_size: int = ranged(256, 1)  # samples per member per update
+    holdout_fraction: float = ranged(0.1, 0, 0.5)  # share of transitions kept out of training for validation
+    holdout_capacity: int = ranged(5000, 1)  # newest held-out transitions kept for validation
+    validate_every: int = ranged(250, 1)  # model updates between held-out evaluations
+    rollout_members: str = choice("all", "all", "elites")  # members that imagine: "all", or "elites" (the best held-out ones)
 
 
 @dataclass
 class PolicyConfig:
-    hidden_layers: int = 2  # hidden layers of actor and value networks
-    hidden_size: int = 128  # units per hidden layer
-    horizon: int = 5  # H, imagined steps per rollout
-    risk_lambda: float = 0.5  # λ in mean − λ·std over member returns (0 = risk-neutral)
-    gamma: float = 0.99  # discount
-    lambda_return: float = 0.95  # λ of the value targets' λ-returns
-    start_states: int = 128  # start states per policy update
-    actor_lr: float = 3e-4
-    value_lr: float = 3e-4
-    alpha_lr: float = 3e-4
-    init_temperature: float = 1.0  # initial entropy temperature α (auto-tuned)
-    target_entropy_scale: float = 1.0  # target entropy = −scale · action_dim
-    target_tau: float = 0.01  # Polyak rate of the slow value target
-    grad_clip: float = 10.0  # global gradient-norm clip
-    state_clip_sigmas: float = 5.0  # imagined states kept within the data's mean ± this many σ
+    objective: str = "mean_variance"  # how the policy learns from the model: a name in umpo_dist.objectives
+    hidden_layers: int = ranged(2, 1)  # hidden layers of actor and value networks
+    hidden_size: int = ranged(128, 1)  # units per hidden layer
+    horizon: int = ranged(5, 1, 100)  # H, imagined steps per rollout
+    gamma: float = ranged(0.99, 0, 1)  # discount
+    lambda_return: float = ranged(0.95, 0, 1)  # λ of the value targets' λ-returns
+    start_states: int = ranged(128, 1)  # start states per policy update
+    actor_lr: float = ranged(3e-4, 0, 1, open_low=True)
+    value_lr: float = ranged(3e-4, 0, 1, open_low=True)
+    alpha_lr: float = ranged(3e-4, 0, 1)
+    init_temperature: float = ranged(1.0, 0, open_low=True)  # initial entropy temperature α (auto-tuned)
+    target_entropy_scale: float = ranged(1.0, -math.inf)  # target entropy = −scale · action_dim
+    target_tau: float = ranged(0.01, 0, 1, open_low=True)  # Polyak rate of the slow value target
+    grad_clip: float = ranged(10.0, 0, open_low=True)  # global gradient-norm clip
+    state_clip_sigmas: float = ranged(5.0, 0, open_low=True)  # imagined states kept within the data's mean ± this many σ
+
+
+@dataclass
+class MeanVarianceConfig:
+    """The `mean_variance` objective: J = mean_e R_e − λ·std_e R_e over the members' particle returns."""
+
+    risk_lambda: float = ranged(0.5, 0)  # λ (0 = risk-neutral; > 0 avoids states where the members disagree)
 
 
 @dataclass
 class TrainConfig:
-    total_env_steps: int = 20_000  # environment-step budget of the run
-    random_steps: int = 500  # initial steps with uniformly random actions
-    model_warmup_updates: int = 300  # model updates before the first policy update
-    model_updates_per_step: float = 0.5  # target model updates per env step
-    policy_updates_per_step: float = 1.0  # target policy updates per env step
-    train_every: int = 10  # env steps between learner rounds (inline runner)
-    updates_per_call: int = 50  # learner updates per actor call; weights are published after each call
-    eval_every: int = 1000  # env steps between evaluations
-    checkpoint_every: int = 5000  # env steps between checkpoints (0: only at the end)
+    total_env_steps: int = ranged(20_000, 1)  # environment-step budget of the run
+    random_steps: int = ranged(500, 0)  # initial steps with uniformly random actions
+    model_warmup_updates: int = ranged(300, 0)  # model updates before the first policy update
+    model_updates_per_step: float = ranged(0.5, 0, open_low=True)  # target model updates per env step
+    policy_updates_per_step: float = ranged(1.0, 0, open_low=True)  # target policy updates per env step
+    train_every: int = ranged(10, 1)  # env steps between learner rounds (inline runner)
+    updates_per_call: int = ranged(50, 1)  # learner updates per actor call; weights are published after each call
+    eval_every: int = ranged(1000, 1)  # env steps between evaluations
+    checkpoint_every: int = ranged(5000, 0)  # env steps between checkpoints (0: only at the end)
     stop_at_return: float | None = None  # stop once an evaluation reaches this return
-    seed: int = 0
+    seed: int = ranged(0, 0, 2**31 - 1)  # seeds envs, replay draws and network initialisation
 
 
 @dataclass
 class ResourcesConfig:
-    num_env_workers: int = 2  # Ray env-worker actors
-    envs_per_worker: int = 1  # environments stepped inside each worker
-    worker_cpus: float = 1.0  # CPUs each env worker requests
-    learner_cpus: float = 1.0  # CPUs each learner requests (also its torch threads)
+    num_env_workers: int = ranged(2, 1)  # Ray env-worker actors
+    envs_per_worker: int = ranged(1, 1)  # environments stepped inside each worker
+    worker_cpus: float = ranged(1.0, 0, open_low=True)  # CPUs each env worker requests
+    learner_cpus: float = ranged(1.0, 0, open_low=True)  # CPUs each learner requests (also its torch threads)
     learner_gpus: str = "auto"  # "auto" (1 each if the cluster has GPUs), or a number per learner
-    chunk_size: int = 100  # transitions an env worker pushes per message
-    ratio_tolerance: int = 500  # env steps the workers may run ahead of the learners
+    chunk_size: int = ranged(100, 1)  # transitions an env worker pushes per message
+    ratio_tolerance: int = ranged(500, 1)  # env steps the workers may run ahead of the learners
 
 
 @dataclass
 class TrackingConfig:
     experiment: str = "umpo-dist"  # MLflow experiment name
     run_name: str | None = None  # MLflow run name (default: env id and seed)
-    log_every_s: float = 5.0  # seconds between metric flushes
+    log_every_s: float = ranged(5.0, 0)  # seconds between metric flushes
     runs_dir: str = "runs"  # local directory for run data and checkpoints
 
 
 @dataclass
 class Config:
-    runtime: str = "ray"  # "ray" (distributed actors) or "inline" (one process, no Ray)
+    runtime: str = choice("ray", "ray", "inline")  # "ray" (distributed actors) or "inline" (one process, no Ray)
     env: EnvConfig = field(default_factory=EnvConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    mean_variance: MeanVarianceConfig = field(default_factory=MeanVarianceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# Allowed ranges, keyed by dotted name: (low, high, inclusive-low).
-_RANGES: dict[str, tuple[float, float, bool]] = {
-    "env.max_episode_steps": (1, float("inf"), True),
-    "env.eval_episodes": (1, float("inf"), True),
-    "replay.capacity": (1, float("inf"), True),
-    "model.ensemble_size": (1, float("inf"), True),
-    "model.hidden_layers": (1, float("inf"), True),
-    "model.hidden_size": (1, float("inf"), True),
-    "model.elites": (1, float("inf"), True),
-    "model.lr": (0, 1, False),
-    "model.weight_decay": (0, 1, True),
-    "model.batch_size": (1, float("inf"), True),
-    "model.holdout_fraction": (0, 0.5, True),
-    "model.holdout_capacity": (1, float("inf"), True),
-    "model.validate_every": (1, float("inf"), True),
-    "policy.hidden_layers": (1, float("inf"), True),
-    "policy.hidden_size": (1, float("inf"), True),
-    "policy.horizon": (1, 100, True),
-    "policy.risk_lambda": (0, float("inf"), True),
-    "policy.gamma": (0, 1, True),
-    "policy.lambda_return": (0, 1, True),
-    "policy.start_states": (1, float("inf"), True),
-    "policy.actor_lr": (0, 1, False),
-    "policy.value_lr": (0, 1, False),
-    "policy.alpha_lr": (0, 1, True),
-    "policy.init_temperature": (0, float("inf"), False),
-    "policy.target_entropy_scale": (-float("inf"), float("inf"), True),
-    "policy.target_tau": (0, 1, False),
-    "policy.grad_clip": (0, float("inf"), False),
-    "policy.state_clip_sigmas": (0, float("inf"), False),
-    "train.total_env_steps": (1, float("inf"), True),
-    "train.random_steps": (0, float("inf"), True),
-    "train.model_warmup_updates": (0, float("inf"), True),
-    "train.model_updates_per_step": (0, float("inf"), False),
-    "train.policy_updates_per_step": (0, float("inf"), False),
-    "train.train_every": (1, float("inf"), True),
-    "train.updates_per_call": (1, float("inf"), True),
-    "train.eval_every": (1, float("inf"), True),
-    "train.checkpoint_every": (0, float("inf"), True),
-    "train.seed": (0, 2**31 - 1, True),
-    "resources.num_env_workers": (1, float("inf"), True),
-    "resources.envs_per_worker": (1, float("inf"), True),
-    "resources.worker_cpus": (0, float("inf"), False),
-    "resources.learner_cpus": (0, float("inf"), False),
-    "resources.chunk_size": (1, float("inf"), True),
-    "resources.ratio_tolerance": (1, float("inf"), True),
-    "tracking.log_every_s": (0, float("inf"), True),
-}
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "runtime": ("ray", "inline"),
-    "replay.sampling": ("linear", "uniform"),
-}
-
+# Keys that were renamed: an old config gets the new name in its error.
+_MOVED = {"policy.risk_lambda": "mean_variance.risk_lambda"}
 
 # String fields that also take a number (`learner_gpus: auto` or `learner_gpus: 1`).
 _NUMBER_OR_WORD = {"resources.learner_gpus"}
@@ -217,6 +184,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
+        if dotted in _MOVED:
+            raise ConfigError(f"config key '{dotted}' is now '{_MOVED[dotted]}'")
         if not isinstance(key, str) or key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
@@ -230,25 +199,27 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _walk(obj: Any, prefix: str = ""):
+    """`(dotted key, value, field)` of every leaf setting."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             yield from _walk(value, f"{prefix}{f.name}.")
         else:
-            yield f"{prefix}{f.name}", value
+            yield f"{prefix}{f.name}", value, f
 
 
 def validate(cfg: Config, check_env: bool = True) -> Config:
-    """Range and choice checks, cross-field checks, and the env id; returns `cfg`."""
-    for key, value in _walk(cfg):
-        if key in _RANGES and value is not None:
-            low, high, inclusive = _RANGES[key]
+    """Range and choice checks, cross-field checks, the objective's name and the env id; returns `cfg`."""
+    for key, value, f in _walk(cfg):
+        if "range" in f.metadata and value is not None:
+            low, high, inclusive = f.metadata["range"]
             ok = (value >= low if inclusive else value > low) and value <= high
             if not ok:
                 bracket = "[" if inclusive else "("
                 raise ConfigError(f"config key '{key}' = {value!r} is out of range {bracket}{low}, {high}]")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ConfigError(f"config key '{key}' = {value!r} must be one of {', '.join(_CHOICES[key])}")
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ConfigError(f"config key '{key}' = {value!r} must be one of {', '.join(f.metadata['choices'])}")
+    _check_objective(cfg.policy.objective)
     if cfg.model.elites > cfg.model.ensemble_size:
         raise ConfigError(
             f"config key 'model.elites' = {cfg.model.elites} exceeds 'model.ensemble_size' = {cfg.model.ensemble_size}"
@@ -264,6 +235,14 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
     if check_env:
         _check_env_id(cfg.env.id)
     return cfg
+
+
+def _check_objective(name: str) -> None:
+    from umpo_dist.objectives import registered_objectives
+
+    names = registered_objectives()
+    if name not in names:
+        raise ConfigError(f"config key 'policy.objective' = {name!r} must be one of {', '.join(names)}")
 
 
 def _check_env_id(env_id: str) -> None:
@@ -334,7 +313,7 @@ def to_dict(cfg: Config) -> dict:
 
 def flatten(cfg: Config) -> dict[str, Any]:
     """Dotted key → value, for MLflow params."""
-    return dict(_walk(cfg))
+    return {key: value for key, value, _ in _walk(cfg)}
 
 
 def dump(cfg: Config) -> str:

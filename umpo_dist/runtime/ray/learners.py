@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from ..checkpoint import load_learner_state
-from ..config import Config
-from ..devices import select_device, set_threads
-from ..envs import EnvSpec
-from ..model_learner import ModelLearner
-from ..policy_learner import PolicyLearner
-from .retry import ACTOR_ERRORS, call_with_retry, was_restarted
-from .weights import WeightSubscriber, publish
+from umpo_dist.ops.checkpoint import load_learner_state
+from umpo_dist.config import Config
+from umpo_dist.devices import select_device, set_threads
+from umpo_dist.envs.spec import EnvSpec
+from umpo_dist.models.model_learner import ModelLearner
+from umpo_dist.objectives import build_objective
+from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry, was_restarted
+from umpo_dist.runtime.ray.weights import WeightSubscriber, publish
 
 
 class Prefetcher:
@@ -71,7 +71,7 @@ class _LearnerActor:
                 pass  # the store went down meanwhile: keep what the checkpoint gave
 
     def _result(self, rows: list[dict], **extra) -> dict:
-        publish(self.store, self.weights_name, self.learner.updates, self._published())
+        publish(self.store, self.weights_name, self.learner.updates, self.learner.weights())
         restarted, self.restarted = self.restarted, False
         return {"updates": self.learner.updates, "metrics": _mean_metrics(rows), "restarted": restarted, **extra}
 
@@ -83,7 +83,7 @@ class _LearnerActor:
 
     def load_state(self, state: dict) -> int:
         self.learner.load_state(state)
-        publish(self.store, self.weights_name, self.learner.updates, self._published())
+        publish(self.store, self.weights_name, self.learner.updates, self.learner.weights())
         return self.learner.updates
 
 
@@ -99,9 +99,6 @@ class ModelLearnerActor(_LearnerActor):
         if self.restarted:
             self._restore()
 
-    def _published(self) -> dict:
-        return self.learner.weights()
-
     def _load_published(self, weights: dict) -> None:
         self.learner.model.load_state_dict(weights)
 
@@ -109,7 +106,7 @@ class ModelLearnerActor(_LearnerActor):
         rows = []
         for _ in range(num_updates):
             metrics = self.learner.update(self.batches.next())
-            if self.learner.updates % self.cfg.model.validate_every == 0:
+            if self.learner.validation_due:
                 holdout = call_with_retry(lambda: self.replay.holdout_batch.remote(self.cfg.model.holdout_capacity),
                                           "replay holdout")
                 metrics.update(self.learner.validate(holdout))
@@ -119,19 +116,18 @@ class ModelLearnerActor(_LearnerActor):
 
 @ray.remote(max_restarts=-1)
 class PolicyLearnerActor(_LearnerActor):
+    """Runs the objective named by `policy.objective` on the data it declares it needs."""
+
     state_name, weights_name = "policy_learner", "policy"
 
     def __init__(self, cfg: Config, spec: EnvSpec, replay, store, run_dir: str | None = None):
         super().__init__(cfg, store, run_dir)
-        self.learner = PolicyLearner(cfg.policy, cfg.model, spec.obs_dim, spec.action_low, spec.action_high,
-                                     self.device, cfg.train.seed)
+        self.learner = build_objective(cfg, spec, self.device)
         self.model_weights = WeightSubscriber(store, "model")
-        self.starts = Prefetcher(lambda: replay.sample_start_states.remote(cfg.policy.start_states), "replay start states")
+        needs = self.learner.needs
+        self.data = Prefetcher(lambda: replay.sample_for.remote(needs), "replay sample for the objective")
         if self.restarted:
             self._restore()
-
-    def _published(self) -> dict:
-        return self.learner.policy_weights()
 
     def _load_published(self, weights: dict) -> None:
         self.learner.policy.load_state_dict(weights)
@@ -140,5 +136,5 @@ class PolicyLearnerActor(_LearnerActor):
         weights = self.model_weights.poll() if self.learner.model_version >= 0 else self.model_weights.wait()
         if weights is not None:
             self.learner.set_model_weights(weights, self.model_weights.version)
-        rows = [self.learner.update(self.starts.next()) for _ in range(num_updates)]
+        rows = [self.learner.update(self.data.next()) for _ in range(num_updates)]
         return self._result(rows, model_version=self.learner.model_version)

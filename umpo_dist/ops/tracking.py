@@ -21,8 +21,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from . import __version__
-from .config import Config, dump, flatten
+from umpo_dist import __version__
+from umpo_dist.config import Config, dump, flatten
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 100_000  # metric points kept while the store is unreachable

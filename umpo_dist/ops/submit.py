@@ -4,7 +4,7 @@ Two ways to get the code onto the cluster:
 
 - default: the working directory is shipped (`runtime_env.working_dir`, without
   `.venv`, `.git`, run data and MLflow files) and the job runs
-  `python -m umpo_dist.cli train CONFIG --no-progress --set ...` inside Ray's copy of
+  `python -m umpo_dist train CONFIG --no-progress --set ...` inside Ray's copy of
   it, so the code you have here is the code that runs;
 - `--installed`: the job runs the `umpo` installed in the cluster's image
   (`umpo train CONFIG ...`); only the config file is shipped, or, when the config
@@ -21,7 +21,7 @@ then needs `RAY_AUTH_MODE=token` and the cluster's token (`RAY_AUTH_TOKEN`,
 token is available, this command turns token mode on for itself. The token is never
 put into the job's runtime environment.
 
-`ray job submit --address ADDR --working-dir . -- python -m umpo_dist.cli train CONFIG`
+`ray job submit --address ADDR --working-dir . -- python -m umpo_dist train CONFIG`
 (or `-- umpo train CONFIG` against an image with the package installed) is the
 equivalent plain Ray command.
 """
@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import ConfigError
+from umpo_dist.config import ConfigError
 
 # Never shipped with the working directory (gitignore-style patterns, relative to it).
 # Ray also honours the directory's .gitignore files.
@@ -111,7 +111,7 @@ def enable_token_auth_if_available() -> bool:
 
 def train_command(config: str, overrides, installed: bool) -> list[str]:
     """The job's entrypoint as an argument list."""
-    head = ["umpo"] if installed else ["python", "-m", "umpo_dist.cli"]
+    head = ["umpo"] if installed else ["python", "-m", "umpo_dist"]
     cmd = head + ["train", config, "--no-progress"]
     for item in overrides:
         cmd += ["--set", item]
@@ -148,7 +148,7 @@ def build_job(args, tmp_dir: str | None = None) -> dict:
     With --installed and a config that exists here, the config is copied into
     `tmp_dir`, which becomes the (tiny) shipped working directory.
     """
-    from . import config as config_mod
+    from umpo_dist import config as config_mod
 
     overrides = list(args.set or [])
     env_vars = job_env_vars()

@@ -16,6 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from umpo_dist.models.normalizer import RunningNormalizer
+
+
+def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Gaussian negative log-likelihood summed over the last axis, without the constant."""
+    return (((mean - target) ** 2) * torch.exp(-logvar) + logvar).sum(-1)
+
 
 class EnsembleLinear(nn.Module):
     """`E` independent linear layers as one `(E, in, out)` weight and one batched matmul."""
@@ -30,37 +37,6 @@ class EnsembleLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (E, B, in)
         return torch.baddbmm(self.bias, x, self.weight)
-
-
-class RunningNormalizer(nn.Module):
-    """Mean and variance of a stream of vectors (parallel-Welford merge of batches)."""
-
-    def __init__(self, size: int, eps: float = 1e-6):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(size))
-        self.register_buffer("var", torch.ones(size))
-        self.register_buffer("count", torch.zeros(()))
-        self.eps = eps
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1])
-        n = x.shape[0]
-        if n == 0:
-            return
-        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
-        total = self.count + n
-        delta = b_mean - self.mean
-        self.mean += delta * n / total
-        self.var.copy_((self.var * self.count + b_var * n + delta**2 * self.count * n / total) / total)
-        self.count.copy_(total)
-
-    @property
-    def std(self) -> torch.Tensor:
-        return torch.sqrt(self.var + self.eps)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 class EnsembleDynamics(nn.Module):
@@ -127,7 +103,7 @@ class EnsembleDynamics(nn.Module):
         obs, action = batch["obs"], batch["action"]
         y = self.target_norm.normalize(self.targets(batch))
         mean, logvar, term_logit = self(obs, action)  # (E, B, D), (E, B)
-        nll = (((mean - y) ** 2) * torch.exp(-logvar) + logvar).sum(-1)
+        nll = gaussian_nll(mean, logvar, y)
         term = batch["terminated"].expand_as(term_logit)
         bce = F.binary_cross_entropy_with_logits(term_logit, term, reduction="none")
         per_sample = nll + bce  # (E, B)
@@ -147,7 +123,12 @@ class EnsembleDynamics(nn.Module):
         y_env = self.targets(batch)
         y = self.target_norm.normalize(y_env)
         mean, logvar, _ = self(batch["obs"], batch["action"])
-        nll = (((mean - y) ** 2) * torch.exp(-logvar) + logvar).sum(-1).mean(-1) / self.target_dim
+        nll = gaussian_nll(mean, logvar, y).mean(-1) / self.target_dim
         pred_env = mean * self.target_norm.std + self.target_norm.mean
         mse = ((pred_env - y_env) ** 2).mean((-1, -2))
         return {"nll": nll, "mse": mse}
+
+
+def build_ensemble(spec, cfg) -> EnsembleDynamics:
+    """The dynamics model for an environment (`EnvSpec`) and a `ModelConfig`."""
+    return EnsembleDynamics(spec.obs_dim, spec.action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .envs import make_env
+from umpo_dist.envs.spec import make_env
 
 ActFn = Callable[[np.ndarray], np.ndarray]
 

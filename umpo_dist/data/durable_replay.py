@@ -11,21 +11,13 @@ same weights. Each checkpoint compacts the log up to its own count. Chunks carry
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from .replay import ReplayBuffer
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from umpo_dist.data.replay import ReplayBuffer, read_replay_state
+from umpo_dist.files import atomic_write, fsync_dir
 
 
 class ReplayLog:
@@ -38,13 +30,9 @@ class ReplayLog:
     def append(self, start: int, stream: str, seq: int, batch: dict[str, np.ndarray], rng_state: str = "") -> Path:
         m = len(batch["reward"])
         path = self.directory / f"chunk_{start:012d}_{m:06d}.npz"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, stream=np.array(stream), seq=np.array(seq), rng_state=np.array(rng_state), **batch)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.directory)
+        atomic_write(path, lambda fh: np.savez(fh, stream=np.array(stream), seq=np.array(seq),
+                                               rng_state=np.array(rng_state), **batch))
+        fsync_dir(self.directory)
         return path
 
     def _files(self) -> list[tuple[int, int, Path]]:
@@ -86,8 +74,7 @@ class DurableReplayBuffer(ReplayBuffer):
             self._recover(Path(run_dir))
 
     def _recover(self, run_dir: Path) -> None:
-        from .checkpoint import CheckpointError, resolve_checkpoint, verify_checkpoint
-        from .replay import read_replay_state
+        from umpo_dist.ops.checkpoint import CheckpointError, resolve_checkpoint, verify_checkpoint
 
         try:
             path = resolve_checkpoint(run_dir)

@@ -1,27 +1,26 @@
 """A training run from start to end: run directory, tracking, runtime, checkpoints, artifacts.
 
-Both runtimes — the distributed driver and the inline runner — expose the same
-`state()`/`load_state()`/`run()` surface, so checkpoints, resume and tracking are
-written once, here.
+Both runtimes — the distributed driver and the inline runner — are runners with the
+same `state()`/`load_state()`/`run()` surface and a shared `Schedule`, so
+checkpoints, resume and tracking are written once, here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-import torch
-
-from . import config as config_mod
-from .checkpoint import CheckpointError, export_policy, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import Config, ConfigError
-from .devices import set_threads
-from .envs import EnvSpec, env_spec
-from .progress import Progress
-from .tracking import Tracker
+from umpo_dist import config as config_mod
+from umpo_dist.config import Config, ConfigError
+from umpo_dist.devices import set_threads
+from umpo_dist.envs.spec import EnvSpec, env_spec
+from umpo_dist.ops.artifacts import POLICY_README, export_policy, learning_curve_png
+from umpo_dist.ops.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from umpo_dist.ops.progress import Progress
+from umpo_dist.ops.tracking import Tracker
+from umpo_dist.runtime import make_runner
 
 log = logging.getLogger(__name__)
 
@@ -46,50 +45,6 @@ def find_run_dir(resume: str, runs_dir: str) -> Path:
     raise CheckpointError(f"cannot resume '{resume}': no run directory with a run.json there or under '{runs_dir}/'")
 
 
-def init_ray(cfg: Config, address: str | None):
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        r = cfg.resources
-        needed = r.num_env_workers * r.worker_cpus + 2 * r.learner_cpus
-        cores = os.cpu_count() or 1
-        if needed > cores:
-            log.warning("the run asks for %.1f CPUs and this machine has %d: actors will share cores", needed, cores)
-        # A local run binds the dashboard to loopback only.
-        # address="local": a new cluster of our own, even if another one runs on this machine.
-        ray.init(address="local", num_cpus=max(cores, int(needed + 0.999)), dashboard_host="127.0.0.1",
-                 include_dashboard=False)
-
-
-def learning_curve_png(path: Path, evaluations, episodes, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if episodes:
-        xs, ys = zip(*episodes)
-        ax.plot(xs, ys, ".", alpha=0.3, markersize=3, label="training episodes")
-    if evaluations:
-        xs, ys = zip(*evaluations)
-        ax.plot(xs, ys, "o-", label="evaluation (mean action)")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def train(
     cfg: Config | None,
     address: str | None = None,
@@ -98,7 +53,10 @@ def train(
     progress: bool = True,
     callbacks: tuple = (),
 ) -> dict:
-    """Run (or resume) a training run; returns the summary, including `run_id` and `run_dir`."""
+    """Run (or resume) a training run; returns the summary, including `run_id` and `run_dir`.
+
+    `callbacks` are called with the runner once per scheduling round (Ray runtime).
+    """
     run_id = None
     ckpt = None
     if resume is not None:
@@ -122,35 +80,28 @@ def train(
     (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
     (run_dir / "run.json").write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": tracker.uri}))
     try:
-        if cfg.runtime == "inline":
-            from .inline import InlineRunner
-
-            runner = InlineRunner(cfg, tracker.log)
-            tracker.set_tags({"device": "cpu"})
-        else:
-            init_ray(cfg, address)
-            from .distributed.driver import Driver
-
-            runner = Driver(cfg, spec, run_dir, tracker.log)
+        runner = make_runner(cfg, spec, run_dir, tracker.log, address)
+        if callbacks:
             runner.callbacks.extend(callbacks)
-            tracker.set_tags({"device": ",".join(sorted(set(runner.devices.values())))})
+        tracker.set_tags({"device": ",".join(sorted(set(runner.devices.values())))})
     except BaseException:
         tracker.end("FAILED")
         raise
+    s = runner.schedule
     if ckpt is not None:
         runner.load_state(ckpt["replay"], ckpt["model"], ckpt["policy"], ckpt["counters"])
-        tracker.set_tags({"resumed_from": str(ckpt["path"]), "resumed_at_env_steps": runner.env_steps})
-        log.info("resumed run %s at %d env steps", tracker.run_id, runner.env_steps)
+        tracker.set_tags({"resumed_from": str(ckpt["path"]), "resumed_at_env_steps": s.env_steps})
+        log.info("resumed run %s at %d env steps", tracker.run_id, s.env_steps)
 
     newest_policy: dict = {}
 
     def checkpoint(r) -> Path:
         state = r.state()
         newest_policy["weights"] = state["policy"]["policy"]
-        path = save_checkpoint(run_dir, r.env_steps, state["replay"], state["model"], state["policy"],
-                               {**state["counters"], "torch_rng": torch.get_rng_state().tolist()}, meta)
+        path = save_checkpoint(run_dir, s.env_steps, state["replay"], state["model"], state["policy"],
+                               state["counters"], meta)
         r.checkpoint_written(int(state["replay"]["total_inserted"]))
-        tracker.log({"checkpoint/env_steps": r.env_steps}, r.env_steps)
+        tracker.log({"checkpoint/env_steps": s.env_steps}, s.env_steps)
         return path
 
     bar = Progress(cfg.train.total_env_steps) if progress else None
@@ -171,11 +122,10 @@ def train(
     if bar:
         bar.close()
     final = checkpoint(runner)
-    policy_file = export_policy(run_dir / "policy.pt", newest_policy["weights"], spec.env_id, spec.obs_dim, spec.action_low,
-                                spec.action_high, cfg.policy.hidden_layers, cfg.policy.hidden_size)
-    curve = learning_curve_png(run_dir / "learning_curve.png", runner.evaluations, runner.episodes, cfg.env.id)
+    policy_file = export_policy(run_dir / "policy.pt", newest_policy["weights"], spec, cfg.policy)
+    curve = learning_curve_png(run_dir / "learning_curve.png", s.evaluations, s.episodes, cfg.env.id)
     summary_metrics = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
-    tracker.log(summary_metrics, runner.env_steps)
+    tracker.log(summary_metrics, s.env_steps)
     tracker.log_artifact(final, "checkpoint")
     tracker.log_artifact(policy_file, "policy")
     tracker.log_text(POLICY_README.format(env_id=spec.env_id), "policy/README.md")
@@ -184,24 +134,3 @@ def train(
     summary.update({"run_id": tracker.run_id, "run_dir": str(run_dir), "checkpoint": str(final),
                     "policy_file": str(policy_file), "tracking_uri": tracker.uri})
     return summary
-
-
-POLICY_README = """# The trained policy
-
-`policy.pt` holds the policy's weights and the sizes it was built with
-(environment `{env_id}`). Load it and act:
-
-```python
-import gymnasium as gym
-from umpo_dist.checkpoint import load_policy
-
-policy = load_policy("policy.pt")
-env = gym.make("{env_id}")
-obs, _ = env.reset(seed=0)
-action = policy.act(obs[None], deterministic=True)[0]
-```
-
-or run evaluation episodes from the command line:
-`umpo evaluate path/to/policy.pt --episodes 10` (a checkpoint directory works too).
-The file is read with `torch.load(weights_only=True)`.
-"""

@@ -6,13 +6,13 @@ import uuid
 
 import ray
 
-from ..collector import EnvCollector
-from ..config import Config
-from ..devices import set_threads
-from ..envs import EnvSpec
-from ..policy import TanhGaussianPolicy
-from .retry import call_with_retry, was_restarted
-from .weights import WeightSubscriber
+from umpo_dist.envs.collector import EnvCollector
+from umpo_dist.config import Config
+from umpo_dist.devices import set_threads
+from umpo_dist.envs.spec import EnvSpec
+from umpo_dist.models.policy import build_policy
+from umpo_dist.runtime.ray.retry import call_with_retry, was_restarted
+from umpo_dist.runtime.ray.weights import WeightSubscriber
 
 
 @ray.remote(max_restarts=-1)
@@ -26,8 +26,7 @@ class EnvWorker:
         if self.restarted:
             seed += 1 + uuid.UUID(self.stream).int % 1_000_000
         self.collector = EnvCollector(spec.env_id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
-        self.policy = TanhGaussianPolicy(spec.obs_dim, spec.action_low, spec.action_high, cfg.policy.hidden_layers,
-                                         cfg.policy.hidden_size)
+        self.policy = build_policy(spec, cfg.policy)
         self.replay = replay
         self.policy_weights = WeightSubscriber(store, "policy")
         self.node_id = ray.get_runtime_context().get_node_id()

@@ -6,7 +6,7 @@ Linear weights: with `n` items in the window, the item of age rank `r` (oldest 1
 newest `n`) is drawn with probability `2r / (n(n+1))`. In an online process that
 draws once per step, item `i` is then drawn `2(1 − i/(T+1))` times in expectation by
 step `T` — about the same for every item — where uniform sampling draws early
-items `ln(T/i)` times (see `../shared/design.md` §1.1). The CDF of the rank is
+items `ln(T/i)` times (see `docs/design.md`). The CDF of the rank is
 `r(r+1)/(n(n+1))`, so one draw is a closed-form inverse: O(1), no sum-tree.
 
 Online bagging: each inserted transition gets `k_e ~ Poisson(1)` per ensemble member,
@@ -16,12 +16,22 @@ the stream analogue of a bootstrap resample.
 from __future__ import annotations
 
 import json
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from umpo_dist.files import atomic_write
+
 FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+
+
+@dataclass(frozen=True)
+class DataNeeds:
+    """What one learner update consumes from the replay; `ReplayBuffer.sample_for` serves it."""
+
+    start_states: int = 0  # observations to start imagined rollouts from
+    transitions: int = 0  # whole transitions, with bootstrap weights
 
 
 def linear_ranks(u: np.ndarray, n: int) -> np.ndarray:
@@ -141,6 +151,15 @@ class ReplayBuffer:
     def sample_start_states(self, n: int) -> np.ndarray:
         return self.obs[self.sample_positions(n)]
 
+    def sample_for(self, needs: DataNeeds) -> dict:
+        """`{"start_states": (n, obs), "transitions": batch}`, each present if `needs` asks for it."""
+        out: dict = {}
+        if needs.start_states:
+            out["start_states"] = self.sample_start_states(needs.start_states)
+        if needs.transitions:
+            out["transitions"] = self.sample(needs.transitions)
+        return out
+
     def holdout_batch(self, max_items: int) -> dict[str, np.ndarray]:
         """The newest held-out transitions in the window (up to `max_items`), for validation."""
         n = len(self)
@@ -192,28 +211,10 @@ class ReplayBuffer:
         self.total_inserted = total
         self.rng.bit_generator.state = json.loads(str(state["rng_state"]))
 
-    def save(self, directory: str | Path) -> Path:
-        """Write `replay.npz` into `directory` atomically (temp file, then rename)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        return write_replay_state(self.state(), directory / "replay.npz")
-
-    def load(self, directory: str | Path) -> None:
-        self.load_state(read_replay_state(Path(directory) / "replay.npz"))
-
 
 def write_replay_state(state: dict[str, np.ndarray], path: Path) -> Path:
-    """Write a replay state to `path` via a temp file and a rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **state)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write a replay state (`ReplayBuffer.state()`) to `path` atomically."""
+    return atomic_write(path, lambda fh: np.savez(fh, **state))
 
 
 def read_replay_state(path: Path) -> dict[str, np.ndarray]:

@@ -8,8 +8,9 @@ A checkpoint is a directory `checkpoints/step_<env_steps>` holding
 - `counters.json`     env steps, versions, evaluations, RNG states of the driver
 - `manifest.json`     sizes and SHA-256 of every file, and the shapes it was made for
 
-It is written into a temporary directory and renamed into place, then `latest` is
-replaced; a crash mid-write leaves the previous checkpoint intact. Tensors are read
+It is written into a temporary directory and renamed into place under a name no
+other checkpoint has, then `latest` is replaced; a crash at any point leaves `latest`
+naming a whole checkpoint. Tensors are read
 with `torch.load(weights_only=True)`: nothing from a run directory is unpickled.
 """
 
@@ -21,10 +22,10 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .replay import read_replay_state, write_replay_state
+from umpo_dist.data.replay import read_replay_state, write_replay_state
+from umpo_dist.files import atomic_write, fsync_dir
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -35,7 +36,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, damaged or made for another setting; names the path."""
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     """torch's refusal text goes on to suggest `weights_only=False`: bad advice for a file from elsewhere."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     detail = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(exc).__name__)
@@ -50,18 +51,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+def torch_save(obj, path: Path) -> Path:
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def _torch_save(obj, path: Path) -> None:
-    with open(path, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """Checkpoint directories, oldest first: by env step, then by the number of a rewrite of the same step."""
+    def key(path: Path):
+        step, _, rewrite = path.name[len("step_"):].partition(".")
+        return int(step), int(rewrite or 0)
+
+    return sorted((p for p in root.glob("step_*") if p.is_dir()), key=key)
 
 
 def save_checkpoint(
@@ -76,25 +80,31 @@ def save_checkpoint(
     """Write a checkpoint under `run_dir/checkpoints/` and point `latest` at it."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{env_steps:010d}"
     tmp = root / f".tmp_step_{env_steps:010d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     write_replay_state(replay_state, tmp / "replay.npz")
-    _torch_save(model_state, tmp / "model_learner.pt")
-    _torch_save(policy_state, tmp / "policy_learner.pt")
-    _fsync_write(tmp / "counters.json", json.dumps(counters, indent=1).encode())
+    torch_save(model_state, tmp / "model_learner.pt")
+    torch_save(policy_state, tmp / "policy_learner.pt")
+    _write_text(tmp / "counters.json", json.dumps(counters, indent=1))
     files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
     manifest = {"format": FORMAT_VERSION, "env_steps": env_steps, "meta": meta, "files": files}
-    _fsync_write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-    if final.exists():
-        shutil.rmtree(final)
+    _write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
+    # A new name every time, even for a step written before (a resumed run, a final checkpoint at a
+    # periodic one's step): the directory `latest` names is never removed or replaced before `latest`
+    # has moved on, so a crash at any point leaves `latest` naming a whole checkpoint.
+    final = root / f"step_{env_steps:010d}"
+    rewrite = 0
+    while final.exists():
+        rewrite += 1
+        final = root / f"step_{env_steps:010d}.{rewrite}"
     os.replace(tmp, final)
-    latest_tmp = root / "latest.tmp"
-    _fsync_write(latest_tmp, final.name.encode())
-    os.replace(latest_tmp, root / "latest")
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-KEEP]:
-        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(root)
+    _write_text(root / "latest", final.name)
+    fsync_dir(root)
+    for old in _step_dirs(root)[:-KEEP]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -152,7 +162,7 @@ def load_checkpoint(path: str | Path, expect_meta: dict | None = None) -> dict:
             "counters": json.loads((path / "counters.json").read_text()),
         }
     except Exception as exc:  # checksums matched, so this is a file written by something else
-        raise CheckpointError(f"checkpoint '{path}' could not be read: {_first_line(exc)}") from None
+        raise CheckpointError(f"checkpoint '{path}' could not be read: {first_line(exc)}") from None
 
 
 def load_learner_state(run_dir: str | Path, name: str) -> dict | None:
@@ -165,46 +175,4 @@ def load_learner_state(run_dir: str | Path, name: str) -> dict | None:
     try:
         return torch.load(path / f"{name}.pt", weights_only=True, map_location="cpu")
     except Exception as exc:  # checksums matched, so this is a file written by something else
-        raise CheckpointError(f"checkpoint '{path}': '{name}.pt' could not be read: {_first_line(exc)}") from None
-
-
-# -- the exported policy --------------------------------------------------------
-
-def export_policy(path: str | Path, policy_weights: dict, env_id: str, obs_dim: int, action_low, action_high,
-                  hidden_layers: int, hidden_size: int) -> Path:
-    """A self-describing policy file: `load_policy(path).act(obs)` gives actions."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "env_id": env_id,
-        "obs_dim": obs_dim,
-        "action_low": [float(x) for x in action_low],
-        "action_high": [float(x) for x in action_high],
-        "hidden_layers": hidden_layers,
-        "hidden_size": hidden_size,
-        "state_dict": policy_weights,
-    }
-    tmp = path.with_suffix(".tmp")
-    _torch_save(payload, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_policy(path: str | Path):
-    """Load an exported policy (`policy.pt`) as a `TanhGaussianPolicy` on the CPU."""
-    from .policy import TanhGaussianPolicy
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no policy file at '{path}'")
-    try:
-        payload = torch.load(path, weights_only=True, map_location="cpu")
-        policy = TanhGaussianPolicy(
-            payload["obs_dim"], np.array(payload["action_low"]), np.array(payload["action_high"]),
-            payload["hidden_layers"], payload["hidden_size"],
-        )
-        policy.load_state_dict(payload["state_dict"])
-    except Exception as exc:
-        raise CheckpointError(f"policy file '{path}' could not be read: {_first_line(exc)}") from None
-    policy.env_id = payload["env_id"]
-    return policy.eval()
+        raise CheckpointError(f"checkpoint '{path}': '{name}.pt' could not be read: {first_line(exc)}") from None

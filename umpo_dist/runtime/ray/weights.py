@@ -6,8 +6,8 @@ import time
 
 import ray
 
-from ..weight_store import WeightStore
-from .retry import ACTOR_ERRORS, call_with_retry
+from umpo_dist.runtime.weight_store import WeightStore
+from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

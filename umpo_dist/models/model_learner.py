@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .devices import state_to_cpu, to_tensors
-from .ensemble import EnsembleDynamics
-from .numerical_guard import NumericalGuard
+from umpo_dist.config import ModelConfig
+from umpo_dist.devices import state_to_cpu, to_tensors
+from umpo_dist.models.ensemble import EnsembleDynamics
+from umpo_dist.numerical_guard import NumericalGuard
 
 
 class ModelLearner:
@@ -16,7 +16,8 @@ class ModelLearner:
         torch.manual_seed(seed)
         self.cfg = cfg
         self.device = torch.device(device)
-        self.model = EnsembleDynamics(obs_dim, action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size).to(self.device)
+        self.model = EnsembleDynamics(obs_dim, action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size)
+        self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.updates = 0
         self.guard = NumericalGuard({"model": self.model, "optimizer": self.optimizer})
@@ -45,6 +46,11 @@ class ModelLearner:
         self.guard.good()
         self.updates += 1
         return {**metrics, **self.guard.metrics("model")}
+
+    @property
+    def validation_due(self) -> bool:
+        """A held-out evaluation is due after this update (every `validate_every` updates)."""
+        return self.updates > 0 and self.updates % self.cfg.validate_every == 0
 
     def validate(self, holdout: dict[str, np.ndarray]) -> dict[str, float]:
         """Held-out NLL/MSE per member; the `elites` best members are recorded in the model."""

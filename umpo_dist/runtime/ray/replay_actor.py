@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from ..durable_replay import DurableReplayBuffer
+from umpo_dist.data.durable_replay import DurableReplayBuffer
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

@@ -1,4 +1,4 @@
-"""Differentiable rollouts in the ensemble model and the mean–variance objective.
+"""Differentiable rollouts in the ensemble model, shared by the objectives that learn through it.
 
 From each start state every member rolls out its own particle for `H` steps: the
 policy's reparameterised action, then a reparameterised sample of that member's
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .ensemble import EnsembleDynamics
-from .policy import TanhGaussianPolicy, ValueFunction
+from umpo_dist.models.ensemble import EnsembleDynamics
+from umpo_dist.models.policy import TanhGaussianPolicy, ValueFunction
 
 
 @dataclass
@@ -65,18 +65,6 @@ def particle_returns(rollout: Rollout, value: ValueFunction, gamma: float) -> to
     discounts = gamma ** torch.arange(horizon, device=rollout.rewards.device, dtype=rollout.rewards.dtype)
     ret = (discounts[:, None, None] * rollout.alive[:-1] * rollout.rewards).sum(0)
     return ret + gamma**horizon * rollout.alive[-1] * value(rollout.states[-1])
-
-
-def mean_variance_objective(returns: torch.Tensor, risk_lambda: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Markowitz objective over the members' returns of each start state.
-
-    `returns` (E, B) → (objective, mean part, std part), each averaged over start
-    states: `mean_e R − λ · std_e R`. With λ > 0, states where the members disagree
-    are worth less, so the policy avoids exploiting model errors.
-    """
-    mean = returns.mean(0)
-    std = returns.std(0, unbiased=False) if returns.shape[0] > 1 else torch.zeros_like(mean)
-    return (mean - risk_lambda * std).mean(), mean.mean(), std.mean()
 
 
 def lambda_returns(rewards, continues, values, gamma: float, lam: float) -> torch.Tensor:

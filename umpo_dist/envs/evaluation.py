@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .envs import make_env
-from .policy import TanhGaussianPolicy
+from umpo_dist.envs.spec import make_env
+from umpo_dist.models.policy import TanhGaussianPolicy
 
 
 def evaluate_policy(policy: TanhGaussianPolicy, env_id: str, episodes: int, seed: int, max_episode_steps: int | None = None) -> dict:

@@ -59,6 +59,11 @@ class TanhGaussianPolicy(nn.Module):
         return (torch.tanh(u) * self.action_scale + self.action_bias).cpu().numpy()
 
 
+def build_policy(spec, cfg) -> TanhGaussianPolicy:
+    """The policy network for an environment (`EnvSpec`) and a `PolicyConfig`; every role builds it here."""
+    return TanhGaussianPolicy(spec.obs_dim, spec.action_low, spec.action_high, cfg.hidden_layers, cfg.hidden_size)
+
+
 class ValueFunction(nn.Module):
     def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128):
         super().__init__()

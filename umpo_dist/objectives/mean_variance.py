@@ -1,4 +1,10 @@
-"""Improves the policy by differentiating the mean–variance objective through model rollouts."""
+"""The `mean_variance` objective: the policy climbs mean − λ·std of the members' returns, through the model.
+
+Every member imagines its own particle from each start state (`rollouts.py`); the
+policy is updated by differentiating the Markowitz objective over those particle
+returns, a value function trained on imagined λ-returns carries the tail, and the
+entropy temperature is tuned to a target entropy.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +13,46 @@ import copy
 import numpy as np
 import torch
 
-from .config import ModelConfig, PolicyConfig
-from .devices import state_to_cpu
-from .ensemble import EnsembleDynamics
-from .imagination import imagine_rollout, lambda_returns, mean_variance_objective, particle_returns
-from .numerical_guard import NumericalGuard
-from .policy import TanhGaussianPolicy, ValueFunction
+from umpo_dist.config import Config
+from umpo_dist.data.replay import DataNeeds
+from umpo_dist.devices import state_to_cpu
+from umpo_dist.envs.spec import EnvSpec
+from umpo_dist.models.ensemble import build_ensemble
+from umpo_dist.models.policy import ValueFunction, build_policy
+from umpo_dist.numerical_guard import NumericalGuard
+from umpo_dist.objectives.base import register_objective
+from umpo_dist.objectives.rollouts import imagine_rollout, lambda_returns, particle_returns
 
 
-class PolicyLearner:
-    def __init__(
-        self,
-        cfg: PolicyConfig,
-        model_cfg: ModelConfig,
-        obs_dim: int,
-        action_low,
-        action_high,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-    ):
-        torch.manual_seed(seed + 1)
-        self.cfg = cfg
+def mean_variance_objective(returns: torch.Tensor, risk_lambda: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Markowitz objective over the members' returns of each start state.
+
+    `returns` (E, B) → (objective, mean part, std part), each averaged over start
+    states: `mean_e R − λ · std_e R`. With λ > 0, states where the members disagree
+    are worth less, so the policy avoids exploiting model errors.
+    """
+    mean = returns.mean(0)
+    std = returns.std(0, unbiased=False) if returns.shape[0] > 1 else torch.zeros_like(mean)
+    return (mean - risk_lambda * std).mean(), mean.mean(), std.mean()
+
+
+
+@register_objective("mean_variance")
+class MeanVarianceObjective:
+    def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device | str = "cpu"):
+        torch.manual_seed(cfg.train.seed + 1)
+        self.cfg = cfg.policy
+        self.risk_lambda = cfg.mean_variance.risk_lambda
+        self.elites_only = cfg.model.rollout_members == "elites"
+        self.needs = DataNeeds(start_states=cfg.policy.start_states)
         self.device = torch.device(device)
-        self.policy = TanhGaussianPolicy(obs_dim, action_low, action_high, cfg.hidden_layers, cfg.hidden_size).to(self.device)
-        self.value = ValueFunction(obs_dim, cfg.hidden_layers, cfg.hidden_size).to(self.device)
+        self.policy = build_policy(spec, cfg.policy).to(self.device)
+        self.value = ValueFunction(spec.obs_dim, cfg.policy.hidden_layers, cfg.policy.hidden_size).to(self.device)
         self.target_value = copy.deepcopy(self.value).requires_grad_(False)
         action_dim = self.policy.action_dim
         # The learner's own copy of the dynamics model, refreshed from the model learner's weights.
-        self.model = EnsembleDynamics(obs_dim, action_dim, model_cfg.ensemble_size, model_cfg.hidden_layers, model_cfg.hidden_size)
-        self.model.to(self.device).requires_grad_(False)
+        self.model = build_ensemble(spec, cfg.model).to(self.device).requires_grad_(False)
+        cfg = cfg.policy
         self.log_alpha = torch.tensor(np.log(cfg.init_temperature), dtype=torch.float32, device=self.device, requires_grad=True)
         self.target_entropy = -cfg.target_entropy_scale * action_dim
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr)
@@ -59,15 +76,18 @@ class PolicyLearner:
         k = self.cfg.state_clip_sigmas
         return mean - k * std, mean + k * std
 
-    def update(self, start_states: np.ndarray) -> dict[str, float]:
+    def update(self, data: dict) -> dict[str, float]:
+        """One update from `data["start_states"]` (the replay's answer to `self.needs`)."""
         cfg = self.cfg
-        start = torch.as_tensor(np.array(start_states, dtype=np.float32), device=self.device)
+        start = torch.as_tensor(np.array(data["start_states"], dtype=np.float32), device=self.device)
         low, high = self._state_bounds()
         alpha = self.log_alpha.exp().detach()
 
         rollout = imagine_rollout(self.model, self.policy, start, cfg.horizon, low, high)
         returns = particle_returns(rollout, self.value, cfg.gamma)
-        objective, ret_mean, ret_std = mean_variance_objective(returns, cfg.risk_lambda)
+        if self.elites_only:
+            returns = returns[self.model.elite_mask]
+        objective, ret_mean, ret_std = mean_variance_objective(returns, self.risk_lambda)
         alive = rollout.alive[:-1]
         entropy = -(alive * rollout.log_probs).sum() / alive.sum().clamp_min(1e-6)
         actor_loss = -(objective + alpha * entropy)
@@ -115,12 +135,12 @@ class PolicyLearner:
             "policy/epistemic": float(rollout.epistemic.detach().mean()),
         }
 
-    def policy_weights(self) -> dict:
+    def weights(self) -> dict:
         return state_to_cpu(self.policy.state_dict())
 
     def state(self) -> dict:
         return {
-            "policy": self.policy_weights(),
+            "policy": self.weights(),
             "value": state_to_cpu(self.value.state_dict()),
             "target_value": state_to_cpu(self.target_value.state_dict()),
             "log_alpha": self.log_alpha.detach().cpu(),

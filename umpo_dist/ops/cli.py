@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from .checkpoint import CheckpointError
-from .config import ConfigError
-from .tracking import TrackingError
+from umpo_dist.ops.checkpoint import CheckpointError
+from umpo_dist.config import ConfigError
+from umpo_dist.ops.tracking import TrackingError
 
 
 def _print_summary(summary: dict) -> None:
@@ -27,8 +27,8 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from . import config
-    from .train import train
+    from umpo_dist import config
+    from umpo_dist.ops.train import train
 
     cfg = config.load(args.config, args.set) if args.config else None
     summary = train(cfg, address=args.address, resume=args.resume, overrides=args.set, progress=not args.no_progress)
@@ -37,34 +37,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from pathlib import Path
+    from umpo_dist.envs.evaluation import evaluate_policy
+    from umpo_dist.ops.artifacts import load_policy
 
-    from .checkpoint import load_checkpoint, load_policy, resolve_checkpoint
-    from .evaluation import evaluate_policy
-
-    path = Path(args.checkpoint)
-    if path.is_file():
-        policy = load_policy(path)
-        env_id = policy.env_id
-    else:
-        from .envs import env_spec
-        from .policy import TanhGaussianPolicy
-
-        ckpt = load_checkpoint(resolve_checkpoint(path))
-        meta = ckpt["manifest"]["meta"]
-        spec = env_spec(meta["env_id"])
-        layers, size = meta["policy_hidden"]
-        policy = TanhGaussianPolicy(spec.obs_dim, spec.action_low, spec.action_high, layers, size)
-        policy.load_state_dict(ckpt["policy"]["policy"])
-        env_id = spec.env_id
-    result = evaluate_policy(policy, env_id, args.episodes, args.seed)
-    print(f"{env_id}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {args.episodes} episodes "
+    policy = load_policy(args.checkpoint)
+    result = evaluate_policy(policy, policy.env_id, args.episodes, args.seed)
+    print(f"{policy.env_id}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {args.episodes} episodes "
           f"(mean length {result['length_mean']:.0f})")
     return 0
 
 
 def cmd_submit(args) -> int:
-    from .submit import submit
+    from umpo_dist.ops.submit import submit
 
     return submit(args)
 

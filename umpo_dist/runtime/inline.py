@@ -1,0 +1,126 @@
+"""The inline runner: the whole algorithm in one process, no Ray.
+
+Built from the same classes the distributed runtime wraps in actors, and driven by
+the same `Schedule`; it is the reference for correctness and the fallback for
+debugging (`--set runtime=inline`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from umpo_dist.config import Config
+from umpo_dist.data.replay import ReplayBuffer
+from umpo_dist.envs.collector import EnvCollector
+from umpo_dist.envs.evaluation import evaluate_policy
+from umpo_dist.envs.spec import env_spec
+from umpo_dist.models.model_learner import ModelLearner
+from umpo_dist.objectives import build_objective
+from umpo_dist.runtime.schedule import Schedule
+
+LogFn = Callable[[dict, int], None]
+
+
+class InlineRunner:
+    def __init__(self, cfg: Config, log: LogFn | None = None):
+        self.cfg = cfg
+        self.log = log or (lambda metrics, step: None)
+        seed = cfg.train.seed
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.spec = spec = env_spec(cfg.env.id)
+        self.replay = ReplayBuffer.from_config(cfg, spec.obs_dim, spec.action_dim, seed)
+        self.model_learner = ModelLearner(cfg.model, spec.obs_dim, spec.action_dim, "cpu", seed)
+        self.objective = build_objective(cfg, spec, "cpu")
+        self.collector = EnvCollector(cfg.env.id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
+        self.schedule = Schedule(cfg.train)
+        self.devices = {"model_learner": "cpu", "policy_learner": "cpu"}
+        self.callbacks: list[Callable[["InlineRunner"], None]] = []  # called once per round
+
+    def state(self) -> dict:
+        """The same checkpoint contents as the distributed driver's."""
+        return {"replay": self.replay.state(), "model": self.model_learner.state(),
+                "policy": self.objective.state(), "counters": self.schedule.counters()}
+
+    def load_state(self, replay_state: dict, model_state: dict, policy_state: dict, counters: dict) -> None:
+        self.replay.load_state(replay_state)
+        self.model_learner.load_state(model_state)
+        self.objective.load_state(policy_state)
+        self.objective.set_model_weights(self.model_learner.weights(), self.model_learner.updates)
+        self.schedule.load_counters(counters)
+
+    def drain(self) -> None:
+        """Nothing runs concurrently here: the state is always consistent between steps."""
+
+    def checkpoint_written(self, replay_total: int) -> None:
+        """The inline replay keeps no chunk log, so there is nothing to compact."""
+
+    def request_stop(self) -> None:
+        self.schedule.request_stop()
+
+    def evaluate(self) -> float:
+        step = self.schedule.eval_started()
+        result = evaluate_policy(
+            self.objective.policy, self.cfg.env.id, self.cfg.env.eval_episodes, 10_000 + self.cfg.train.seed,
+            self.cfg.env.max_episode_steps,
+        )
+        self.schedule.record_evaluation(step, result["return_mean"])
+        self.log({"eval/return": result["return_mean"], "eval/return_std": result["return_std"]}, step)
+        return result["return_mean"]
+
+    def _train_model(self) -> dict:
+        cfg, ml = self.cfg, self.model_learner
+        metrics: dict = {}
+        for _ in range(self.schedule.model_updates_allowed()):
+            metrics = ml.update(self.replay.sample(cfg.model.batch_size))
+            if ml.validation_due:
+                metrics.update(ml.validate(self.replay.holdout_batch(cfg.model.holdout_capacity)))
+            self.schedule.model_updates = ml.updates
+        if metrics:
+            self.objective.set_model_weights(ml.model.state_dict(), ml.updates)
+        return metrics
+
+    def _train_policy(self) -> dict:
+        objective = self.objective
+        metrics: dict = {}
+        for _ in range(self.schedule.policy_updates_allowed()):
+            metrics = objective.update(self.replay.sample_for(objective.needs))
+            self.schedule.policy_updates = objective.updates
+        return metrics
+
+    def run(self, checkpoint: Callable[["InlineRunner"], None] | None = None, progress=None) -> dict:
+        s, t = self.schedule, self.cfg.train
+        start = time.perf_counter()
+        while not s.done():
+            for callback in self.callbacks:
+                callback(self)
+            if s.eval_due():
+                self.evaluate()
+                if s.done():
+                    break
+            n = min(t.train_every, t.total_env_steps - s.env_steps)
+            act = None if s.acts_randomly() else self.objective.policy.act
+            batch, episodes = self.collector.collect(n, act)
+            self.replay.insert(batch)
+            s.env_steps += n
+            metrics: dict = {}
+            for ep in episodes:
+                s.record_episode(ep["return"])
+                metrics["episode/return"] = ep["return"]
+            metrics.update(self._train_model())
+            metrics.update(self._train_policy())
+            if metrics:
+                self.log(metrics, s.env_steps)
+            if progress:
+                progress.update(s.env_steps, s.evaluations[-1][1] if s.evaluations else None, {})
+            if s.checkpoint_due():
+                if checkpoint:
+                    checkpoint(self)
+                s.checkpoint_written()
+        if s.final_eval_needed():
+            self.evaluate()
+        return s.summary(time.perf_counter() - start)

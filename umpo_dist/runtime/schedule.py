@@ -1,0 +1,171 @@
+"""The run's schedule, shared by both runtimes: counters, ratios, warm-up, evaluation, checkpoints, stop.
+
+Plain Python, no Ray. The inline runner and the distributed driver each ask it what
+may happen next (how many model and policy updates, how many env steps and in what
+chunk, whether an evaluation or a checkpoint is due, whether the run is over) and
+tell it what happened; so both runtimes follow one set of rules and report the
+same counters and summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from umpo_dist.config import TrainConfig
+from umpo_dist.data.rate_limiter import RateLimiter
+
+EPISODES_KEPT = 10_000  # training-episode returns kept for the learning curve and checkpoints
+
+
+@dataclass
+class Call:
+    """One actor call in flight (distributed runtime)."""
+
+    kind: str  # "worker", "model", "policy" or "eval"
+    index: int = 0  # which env worker; for "eval", the env step the evaluated policy belongs to
+    steps: int = 0  # env steps asked of a worker
+
+
+@dataclass
+class Chunk:
+    """Env steps a worker may take now, and whether they are the initial random ones."""
+
+    steps: int
+    random: bool
+
+
+class Schedule:
+    def __init__(self, cfg: TrainConfig, tolerance: int = 0):
+        """`tolerance`: env steps the collection may run ahead of what the learners have consumed."""
+        self.cfg = cfg
+        self.tolerance = tolerance
+        self.model_limiter = RateLimiter(cfg.model_updates_per_step, cfg.random_steps, cfg.model_warmup_updates, tolerance)
+        self.policy_limiter = RateLimiter(cfg.policy_updates_per_step, cfg.random_steps, 0, tolerance)
+        self.env_steps = 0
+        self.model_updates = 0
+        self.policy_updates = 0
+        self.evaluations: list[tuple[int, float]] = []
+        self.episodes: list[tuple[int, float]] = []
+        self.next_eval = 0
+        self.next_checkpoint = cfg.checkpoint_every or None
+        self.reached_at: int | None = None  # env step of the first evaluation that met `stop_at_return`
+        self.stop_requested = False
+
+    # -- learners ---------------------------------------------------------------
+    def model_updates_allowed(self) -> int:
+        return self.model_limiter.updates_allowed(self.env_steps, self.model_updates)
+
+    @property
+    def warmed_up(self) -> bool:
+        """The policy learns only once the model has had its warm-up updates."""
+        return self.model_updates >= self.cfg.model_warmup_updates
+
+    def policy_updates_allowed(self) -> int:
+        if not self.warmed_up:
+            return 0
+        return self.policy_limiter.updates_allowed(self.env_steps, self.policy_updates)
+
+    # -- collection -------------------------------------------------------------
+    def next_chunk(self, in_flight_steps: int, chunk_size: int) -> Chunk | None:
+        """The env steps one more worker call may take, given those already asked for; None to wait.
+
+        Random steps come first. After them the learners' ratios (plus the tolerance)
+        bound the steps, and a call smaller than a quarter chunk waits for a bigger
+        allowance: tiny calls each cost a round trip.
+        """
+        planned = self.env_steps + in_flight_steps
+        budget = self.cfg.total_env_steps - planned
+        if budget <= 0:
+            return None
+        if planned < self.cfg.random_steps:
+            return Chunk(min(chunk_size, self.cfg.random_steps - planned, budget), True)
+        allowed = min(self.model_limiter.env_steps_allowed(planned, self.model_updates),
+                      self.policy_limiter.env_steps_allowed(planned, self.policy_updates))
+        n = min(chunk_size, allowed, budget)
+        if n <= 0 or n < min(chunk_size // 4, budget, self.tolerance):
+            return None
+        return Chunk(n, False)
+
+    def acts_randomly(self) -> bool:
+        return self.env_steps < self.cfg.random_steps
+
+    def record_episode(self, ret: float) -> None:
+        self.episodes.append((self.env_steps, ret))
+        if len(self.episodes) > 2 * EPISODES_KEPT:  # trimmed in batches, so appends stay O(1)
+            del self.episodes[:-EPISODES_KEPT]
+
+    # -- evaluation and stop ----------------------------------------------------
+    def eval_due(self) -> bool:
+        return not self.done() and self.env_steps >= self.next_eval
+
+    def eval_started(self) -> int:
+        """Note that an evaluation of the current policy starts; returns the env step it belongs to."""
+        self.next_eval = (self.env_steps // self.cfg.eval_every + 1) * self.cfg.eval_every
+        return self.env_steps
+
+    def record_evaluation(self, step: int, ret: float) -> None:
+        self.evaluations.append((step, ret))
+        stop_at = self.cfg.stop_at_return
+        if stop_at is not None and ret >= stop_at and self.reached_at is None:
+            self.reached_at = step
+
+    def final_eval_needed(self) -> bool:
+        return not self.evaluations or self.evaluations[-1][0] != self.env_steps
+
+    def request_stop(self) -> None:
+        """End the run at the current step (e.g. at a wall-clock limit)."""
+        self.stop_requested = True
+
+    def stopping(self) -> bool:
+        """A stop was requested or an evaluation met `stop_at_return`: start nothing new."""
+        return self.stop_requested or self.reached_at is not None
+
+    def done(self) -> bool:
+        return self.stopping() or self.env_steps >= self.cfg.total_env_steps
+
+    # -- checkpoints ------------------------------------------------------------
+    def checkpoint_due(self, in_flight_steps: int = 0) -> bool:
+        """A periodic checkpoint is due once the steps taken (and asked for) reach it; the run's
+        last checkpoint is written at its end, not here."""
+        due = self.next_checkpoint
+        total = self.cfg.total_env_steps
+        return due is not None and due < total and self.env_steps < total and self.env_steps + in_flight_steps >= due
+
+    def checkpoint_written(self) -> None:
+        every = self.cfg.checkpoint_every
+        self.next_checkpoint = (self.env_steps // every + 1) * every if every else None
+
+    # -- state and summary ------------------------------------------------------
+    def counters(self) -> dict:
+        return {
+            "env_steps": self.env_steps,
+            "model_updates": self.model_updates,
+            "policy_updates": self.policy_updates,
+            "evaluations": self.evaluations,
+            "episodes": self.episodes[-EPISODES_KEPT:],
+            "next_eval": self.next_eval,
+        }
+
+    def load_counters(self, counters: dict) -> None:
+        self.env_steps = int(counters["env_steps"])
+        self.model_updates = int(counters.get("model_updates", 0))
+        self.policy_updates = int(counters.get("policy_updates", 0))
+        self.evaluations = [tuple(e) for e in counters.get("evaluations", [])]
+        self.episodes = [tuple(e) for e in counters.get("episodes", [])]
+        self.next_eval = int(counters.get("next_eval", self.env_steps))
+        self.checkpoint_written()
+
+    def summary(self, wall_s: float) -> dict:
+        returns = [r for _, r in self.evaluations]
+        return {
+            "env_steps": self.env_steps,
+            "model_updates": self.model_updates,
+            "policy_updates": self.policy_updates,
+            "final_return": returns[-1] if returns else None,
+            "best_return": max(returns) if returns else None,
+            "reached_stop_return_at": self.reached_at,
+            "evaluations": self.evaluations,
+            "model_ratio": self.model_limiter.achieved(self.env_steps, self.model_updates),
+            "policy_ratio": self.policy_limiter.achieved(self.env_steps, self.policy_updates),
+            "wall_s": wall_s,
+        }
