@@ -26,7 +26,8 @@ test: $(BIN)/umpo
 
 bench: $(BIN)/umpo
 	$(BIN)/python benchmarks/ensemble.py
-	$(BIN)/python benchmarks/learning.py
+	$(BIN)/python benchmarks/learning.py --env inverted_pendulum --seeds 0 --steps 5000
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db runs .pytest_cache

@@ -34,7 +34,7 @@ import torch
 from umpo_dist.envs.collector import EnvCollector
 from umpo_dist.config import from_dict
 from umpo_dist.envs.spec import env_spec, make_env
-from umpo_dist.models.policy import TanhGaussianPolicy
+from umpo_dist.models.policy import build_policy
 
 
 def bare_loop(env_id: str, seconds: float, max_episode_steps: int, seed: int = 0) -> float:
@@ -152,8 +152,7 @@ def main() -> None:
                      "resources": {"worker_cpus": 1.0, "chunk_size": args.chunk_size}})
     spec = env_spec(args.env)
     mes = cfg.env.max_episode_steps
-    policy = TanhGaussianPolicy(spec.obs_dim, spec.action_low, spec.action_high, cfg.policy.hidden_layers,
-                                cfg.policy.hidden_size)
+    policy = build_policy(spec, cfg.policy)
     load_start = os.getloadavg()
 
     def in_process(when: str) -> dict:

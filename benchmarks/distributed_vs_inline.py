@@ -43,22 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PENDULUM_OVERRIDES = ["train.stop_at_return=900", "train.total_env_steps=10000", "train.eval_every=500"]
 
 
-class _TimeUp(Exception):
-    """Raised from the inline runner's log callback at the wall-clock cap."""
-
-
 def start_local_ray(cfg) -> None:
-    """A fresh local Ray instance sized as `umpo_dist.ops.train.init_ray` sizes it.
+    """A fresh local Ray instance, sized as `umpo train` sizes it (`init_ray` starts its own with `address="local"`)."""
+    from umpo_dist.runtime.ray.cluster import init_ray
 
-    `train()` would call `ray.init(num_cpus=...)`, which connects to (and fails on) any
-    Ray cluster already running on this machine; `address="local"` always starts a new one.
-    """
-    import ray
-
-    r = cfg.resources
-    needed = r.num_env_workers * r.worker_cpus + 2 * r.learner_cpus
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), dashboard_host="127.0.0.1",
-             include_dashboard=False)
+    init_ray(cfg)
 
 
 def pendulum_run(runtime: str, overrides: list[str], target: float) -> dict:
@@ -72,9 +61,10 @@ def pendulum_run(runtime: str, overrides: list[str], target: float) -> dict:
         now = time.perf_counter()
         marks.setdefault("loop_start", now)
         if "hit" not in marks:
-            for step, ret in driver.evaluations:
+            s = driver.schedule
+            for step, ret in s.evaluations:
                 if ret >= target:
-                    marks["hit"] = (now, step, driver.model_updates, driver.policy_updates)
+                    marks["hit"] = (now, step, s.model_updates, s.policy_updates)
                     break
 
     t0 = time.perf_counter()
@@ -117,11 +107,8 @@ def halfcheetah_ray(overrides: list[str], cap_s: float) -> dict:
         now = time.perf_counter()
         marks.setdefault("loop_start", now)
         if "capped_at" not in marks and now - marks["loop_start"] > cap_s:
-            if hasattr(driver, "request_stop"):
-                driver.request_stop()
-            elif driver._stop_step is None:
-                driver._stop_step = driver.env_steps
-            marks["capped_at"] = driver.env_steps
+            driver.request_stop()
+            marks["capped_at"] = driver.schedule.env_steps
 
     t0 = time.perf_counter()
     start_local_ray(cfg)
@@ -136,28 +123,18 @@ def halfcheetah_inline(overrides: list[str], cap_s: float) -> dict:
 
     cfg = load(ROOT / "configs" / "halfcheetah.yaml", overrides + ["runtime=inline"])
     torch.set_num_threads(max(1, int(cfg.resources.learner_cpus)))
-    state = {"start": None, "stopping": False}
+    runner = InlineRunner(cfg)
+    start = time.perf_counter()
 
-    def log(metrics: dict, step: int) -> None:
-        if not state["stopping"] and time.perf_counter() - state["start"] > cap_s:
-            raise _TimeUp
+    def cap(r) -> None:
+        if time.perf_counter() - start > cap_s:
+            r.request_stop()
 
-    runner = InlineRunner(cfg, log)
-    state["start"] = time.perf_counter()
-    capped = False
-    try:
-        runner.run()
-    except _TimeUp:
-        capped = True
-        state["stopping"] = True
-        if not runner.evaluations or runner.evaluations[-1][0] != runner.env_steps:
-            runner.evaluate()
-    wall = time.perf_counter() - state["start"]
-    returns = [r for _, r in runner.evaluations]
-    summary = {"env_steps": runner.env_steps, "model_updates": runner.model_learner.updates,
-               "policy_updates": runner.policy_learner.updates, "best_return": max(returns),
-               "final_return": returns[-1], "evaluations": runner.evaluations, "wall_s": wall}
-    return {"runtime": "inline", "summary": summary, "total_s": wall, "cfg": cfg, "capped": capped}
+    runner.callbacks.append(cap)
+    summary = runner.run()
+    wall = time.perf_counter() - start
+    return {"runtime": "inline", "summary": summary, "total_s": wall, "cfg": cfg,
+            "capped": summary["env_steps"] < cfg.train.total_env_steps}
 
 
 def fmt_s(x) -> str:

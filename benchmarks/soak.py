@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from umpo_dist import config  # noqa: E402
 from umpo_dist.ops.checkpoint import load_checkpoint  # noqa: E402
-from umpo_dist.ops.train import init_ray, train  # noqa: E402
+from umpo_dist.ops.train import train  # noqa: E402
+from umpo_dist.runtime.ray.cluster import init_ray  # noqa: E402
 
 
 class RandomKiller:
@@ -51,8 +52,8 @@ class RandomKiller:
                        policy_learner=driver.policy_learner, weight_store=driver.store)
         name = self.rng.choice(sorted(targets))
         ray.kill(targets[name], no_restart=False)
-        self.kills.append((now - self.start, name, driver.env_steps))
-        print(f"[soak] t={now - self.start:6.0f}s killed {name} at {driver.env_steps} env steps", flush=True)
+        self.kills.append((now - self.start, name, driver.schedule.env_steps))
+        print(f"[soak] t={now - self.start:6.0f}s killed {name} at {driver.schedule.env_steps} env steps", flush=True)
         self.next_kill = now + self.every_s
 
 

@@ -58,6 +58,7 @@ class ModelConfig:
     holdout_fraction: float = ranged(0.1, 0, 0.5)  # share of transitions kept out of training for validation
     holdout_capacity: int = ranged(5000, 1)  # newest held-out transitions kept for validation
     validate_every: int = ranged(250, 1)  # model updates between held-out evaluations
+    grad_clip: float | None = ranged(None, 0, open_low=True)  # global gradient-norm clip of a model update (null: none)
     rollout_members: str = choice("all", "all", "elites")  # members that imagine: "all", or "elites" (the best held-out ones)
 
 
@@ -78,6 +79,10 @@ class PolicyConfig:
     target_tau: float = ranged(0.01, 0, 1, open_low=True)  # Polyak rate of the slow value target
     grad_clip: float = ranged(10.0, 0, open_low=True)  # global gradient-norm clip
     state_clip_sigmas: float = ranged(5.0, 0, open_low=True)  # imagined states kept within the data's mean ± this many σ
+    normalize_obs: bool = False  # policy and value see observations normalised with the model's input statistics
+    init_std: float | None = ranged(None, 0.007, 7.3)  # the policy's initial action std before tanh (null: whatever the init gives, ≈ 0.22)
+    entropy_in_return: bool = False  # −α·log π inside each particle's return and the value targets (a soft value)
+    mean_rewards: bool = False  # imagined rewards are the members' predicted means, not samples
 
 
 @dataclass

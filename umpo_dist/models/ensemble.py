@@ -82,13 +82,18 @@ class EnsembleDynamics(nn.Module):
         var = logvar_n.exp() * std**2
         return {"mean": mean, "var": var, "term_logit": term_logit, "epistemic": mean.var(0, unbiased=False)}
 
-    def step(self, obs: torch.Tensor, action: torch.Tensor, sample: bool = True):
-        """One reparameterised model step per member: next_obs, reward, continuation probability, epistemic."""
+    def step(self, obs: torch.Tensor, action: torch.Tensor, sample: bool = True, mean_reward: bool = False):
+        """One reparameterised model step per member: next_obs, reward, continuation probability, epistemic.
+
+        `mean_reward`: the reward is the member's predicted mean even when the next state is sampled.
+        """
         pred = self.predict(obs, action)
         target = pred["mean"]
         if sample:
             target = target + pred["var"].sqrt() * torch.randn_like(target)
         delta, reward = target[..., : self.obs_dim], target[..., self.obs_dim]
+        if mean_reward:
+            reward = pred["mean"][..., self.obs_dim]
         return obs + delta, reward, torch.sigmoid(-pred["term_logit"]), pred["epistemic"]
 
     def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

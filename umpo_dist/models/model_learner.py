@@ -37,7 +37,8 @@ class ModelLearner:
         loss, metrics = self.model.loss(b, b["weights"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if not self.guard.finite(loss.detach(), grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             self.guard.bad()

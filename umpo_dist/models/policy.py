@@ -22,7 +22,32 @@ def mlp(in_size: int, out_size: int, hidden_layers: int, hidden_size: int) -> nn
     return nn.Sequential(*layers)
 
 
-class TanhGaussianPolicy(nn.Module):
+class ObservationInput(nn.Module):
+    """Observations scaled by `(obs − obs_mean) / obs_std` before the network; identity until set.
+
+    The statistics are buffers, so they travel with the weights (published weights,
+    checkpoints, `policy.pt`); a state dict from before they existed loads as identity.
+    """
+
+    def _init_obs_stats(self, obs_dim: int) -> None:
+        self.register_buffer("obs_mean", torch.zeros(obs_dim))
+        self.register_buffer("obs_std", torch.ones(obs_dim))
+
+    def set_obs_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.obs_mean.copy_(mean)
+            self.obs_std.copy_(std)
+
+    def scale(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.obs_mean) / self.obs_std
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "obs_mean", torch.zeros_like(self.obs_mean))
+        state_dict.setdefault(prefix + "obs_std", torch.ones_like(self.obs_std))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class TanhGaussianPolicy(ObservationInput):
     """π(a|s): a Gaussian squashed by tanh and scaled to the action box; reparameterised samples."""
 
     def __init__(self, obs_dim: int, action_low, action_high, hidden_layers: int = 2, hidden_size: int = 128):
@@ -31,11 +56,20 @@ class TanhGaussianPolicy(nn.Module):
         high = torch.as_tensor(np.asarray(action_high, np.float32))
         self.obs_dim, self.action_dim = obs_dim, low.numel()
         self.net = mlp(obs_dim, 2 * self.action_dim, hidden_layers, hidden_size)
+        self._init_obs_stats(obs_dim)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
 
+    def set_initial_std(self, std: float) -> None:
+        """Make the pre-tanh action std start near `std` for any observation (the log-std head's bias)."""
+        target = 2 * (math.log(std) - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN) - 1
+        head = self.net[-1]
+        with torch.no_grad():
+            head.bias[self.action_dim:] = math.atanh(target)
+            head.weight[self.action_dim:] *= 0.01
+
     def _gaussian(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, log_std = self.net(obs).chunk(2, -1)
+        mu, log_std = self.net(self.scale(obs)).chunk(2, -1)
         return mu, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
@@ -61,13 +95,17 @@ class TanhGaussianPolicy(nn.Module):
 
 def build_policy(spec, cfg) -> TanhGaussianPolicy:
     """The policy network for an environment (`EnvSpec`) and a `PolicyConfig`; every role builds it here."""
-    return TanhGaussianPolicy(spec.obs_dim, spec.action_low, spec.action_high, cfg.hidden_layers, cfg.hidden_size)
+    policy = TanhGaussianPolicy(spec.obs_dim, spec.action_low, spec.action_high, cfg.hidden_layers, cfg.hidden_size)
+    if cfg.init_std is not None:
+        policy.set_initial_std(cfg.init_std)
+    return policy
 
 
-class ValueFunction(nn.Module):
+class ValueFunction(ObservationInput):
     def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128):
         super().__init__()
         self.net = mlp(obs_dim, 1, hidden_layers, hidden_size)
+        self._init_obs_stats(obs_dim)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs).squeeze(-1)
+        return self.net(self.scale(obs)).squeeze(-1)

@@ -68,6 +68,10 @@ class MeanVarianceObjective:
     def set_model_weights(self, weights: dict, version: int) -> None:
         self.model.load_state_dict(weights)
         self.model_version = version
+        if self.cfg.normalize_obs:  # the policy and the value see what the model sees
+            norm, obs_dim = self.model.input_norm, self.policy.obs_dim
+            for net in (self.policy, self.value, self.target_value):
+                net.set_obs_stats(norm.mean[:obs_dim], norm.std[:obs_dim])
 
     def _state_bounds(self):
         norm = self.model.input_norm
@@ -83,14 +87,17 @@ class MeanVarianceObjective:
         low, high = self._state_bounds()
         alpha = self.log_alpha.exp().detach()
 
-        rollout = imagine_rollout(self.model, self.policy, start, cfg.horizon, low, high)
-        returns = particle_returns(rollout, self.value, cfg.gamma)
+        rollout = imagine_rollout(self.model, self.policy, start, cfg.horizon, low, high, cfg.mean_rewards)
+        rewards = rollout.rewards
+        if cfg.entropy_in_return:  # a soft return: the entropy bonus of every step, discounted with its reward
+            rewards = rewards - alpha * rollout.log_probs
+        returns = particle_returns(rollout, self.value, cfg.gamma, rewards)
         if self.elites_only:
             returns = returns[self.model.elite_mask]
         objective, ret_mean, ret_std = mean_variance_objective(returns, self.risk_lambda)
         alive = rollout.alive[:-1]
         entropy = -(alive * rollout.log_probs).sum() / alive.sum().clamp_min(1e-6)
-        actor_loss = -(objective + alpha * entropy)
+        actor_loss = -objective if cfg.entropy_in_return else -(objective + alpha * entropy)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         actor_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
@@ -98,7 +105,7 @@ class MeanVarianceObjective:
         with torch.no_grad():
             states = rollout.states.detach()
             targets = lambda_returns(
-                rollout.rewards.detach(), rollout.continues.detach(), self.target_value(states), cfg.gamma, cfg.lambda_return
+                rewards.detach(), rollout.continues.detach(), self.target_value(states), cfg.gamma, cfg.lambda_return
             )
             weight = alive.detach()
         value_loss = (weight * (self.value(states[:-1]) - targets) ** 2).sum() / weight.sum().clamp_min(1e-6)

@@ -35,14 +35,18 @@ def imagine_rollout(
     horizon: int,
     state_low: torch.Tensor | None = None,
     state_high: torch.Tensor | None = None,
+    mean_rewards: bool = False,
 ) -> Rollout:
-    """Roll the policy out in the model, one particle per member from each start state."""
+    """Roll the policy out in the model, one particle per member from each start state.
+
+    `mean_rewards`: rewards are the members' predicted means (the next states are still sampled).
+    """
     s = start_states.unsqueeze(0).expand(model.ensemble_size, -1, -1)
     alive = torch.ones(s.shape[:2], device=s.device)
     states, rewards, continues, alives, log_probs, epistemic = [s], [], [], [alive], [], []
     for _ in range(horizon):
         action, logp = policy(s)
-        s, reward, cont, epi = model.step(s, action)
+        s, reward, cont, epi = model.step(s, action, mean_reward=mean_rewards)
         if state_low is not None:
             # Keeps a compounding model error from carrying particles into regions never seen.
             s = torch.maximum(torch.minimum(s, state_high), state_low)
@@ -59,11 +63,16 @@ def imagine_rollout(
     )
 
 
-def particle_returns(rollout: Rollout, value: ValueFunction, gamma: float) -> torch.Tensor:
-    """Σ_t γ^t alive_t r_t + γ^H alive_H V(s_H), per particle: (E, B)."""
-    horizon = rollout.rewards.shape[0]
-    discounts = gamma ** torch.arange(horizon, device=rollout.rewards.device, dtype=rollout.rewards.dtype)
-    ret = (discounts[:, None, None] * rollout.alive[:-1] * rollout.rewards).sum(0)
+def particle_returns(rollout: Rollout, value: ValueFunction, gamma: float,
+                     rewards: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_t γ^t alive_t r_t + γ^H alive_H V(s_H), per particle: (E, B).
+
+    `rewards` (H, E, B) replaces the rollout's own (e.g. rewards with an entropy bonus).
+    """
+    rewards = rollout.rewards if rewards is None else rewards
+    horizon = rewards.shape[0]
+    discounts = gamma ** torch.arange(horizon, device=rewards.device, dtype=rewards.dtype)
+    ret = (discounts[:, None, None] * rollout.alive[:-1] * rewards).sum(0)
     return ret + gamma**horizon * rollout.alive[-1] * value(rollout.states[-1])
 
 

@@ -1,0 +1,165 @@
+"""Regenerate `docs/results.md` (and its plots) from `benchmarks/results/*.csv`; nothing in it is typed by hand.
+
+    .venv/bin/python benchmarks/report.py
+
+Learning (`learning.csv`, written by `benchmarks/learning.py`): per task, evaluation
+return as mean ± std over seeds at 5k, 10k and 20k env steps, with the mean
+wall-clock to that point, for every (variant, runtime, termination rule); the
+ablation table (each variant against the task's `shipped` config in the same
+runtime); a learning-curve PNG per task; the command that reproduces each group.
+Runtime figures (`runtime.csv`, when present) are listed as measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "results.md"
+IMG = ROOT / "docs" / "img"
+BUDGETS = (5_000, 10_000, 20_000)
+TASK_ORDER = ("InvertedPendulum-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
+
+
+def read(name: str) -> list[dict]:
+    path = RESULTS / name
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def runs(rows: list[dict]) -> dict:
+    """(env, variant, runtime, termination) -> {(seed, commit): [(step, return, wall)]}."""
+    out: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = (r["env"], r["variant"], r["runtime"], r["termination"])
+        out[key][(int(r["seed"]), r["commit"])].append((int(r["env_steps"]), float(r["eval_return"]), float(r["wall_s"])))
+    return out
+
+
+def at_budget(curve: list[tuple[int, float, float]], budget: int):
+    """The last evaluation at or before `budget`, if the run got that far (within one evaluation)."""
+    curve = sorted(curve)
+    if not curve or curve[-1][0] < budget:
+        return None
+    before = [p for p in curve if p[0] <= budget]
+    return before[-1] if before else None
+
+
+def cell(values: list[tuple[float, float]]) -> str:
+    if not values:
+        return "–"
+    rets = [v for v, _ in values]
+    wall = statistics.fmean(w for _, w in values)
+    spread = f" ± {statistics.stdev(rets):,.0f}" if len(rets) > 1 else ""
+    return f"{statistics.fmean(rets):,.0f}{spread} (n={len(rets)}, {wall / 60:.1f} min)"
+
+
+def plot(env: str, groups: dict) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (variant, runtime, term), seeds in sorted(groups.items()):
+        steps = sorted({p[0] for curve in seeds.values() for p in curve})
+        means = []
+        for step in steps:
+            vals = [ret for curve in seeds.values() for s, ret, _ in curve if s == step]
+            means.append(statistics.fmean(vals))
+        ax.plot(steps, means, "o-", markersize=3, label=f"{variant} / {runtime} / {term} (n={len(seeds)})")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("evaluation return (mean over seeds)")
+    ax.set_title(env)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    IMG.mkdir(parents=True, exist_ok=True)
+    path = IMG / f"learning_{env.split('-')[0].lower()}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path.relative_to(DOC.parent))
+
+
+def learning_section(rows: list[dict]) -> list[str]:
+    grouped = runs(rows)
+    commands: dict = defaultdict(set)
+    for r in rows:
+        commands[(r["env"], r["variant"], r["runtime"], r["termination"])].add(r["command"])
+    envs = sorted({k[0] for k in grouped}, key=lambda e: (TASK_ORDER.index(e) if e in TASK_ORDER else 99, e))
+    lines = ["## Learning: evaluation return by env steps", "",
+             "Mean ± std over seeds of the evaluation return (deterministic policy) at each budget, the number "
+             "of seeds, and the mean wall-clock of the training loop to that point (2-core machine, one torch "
+             "thread inline). `termination`: learned (the model's termination head) or known (the task's rule).", ""]
+    for env in envs:
+        groups = {k[1:]: v for k, v in grouped.items() if k[0] == env}
+        lines += [f"### {env}", "", "| variant | runtime | termination | " + " | ".join(f"{b // 1000}k" for b in BUDGETS) + " |",
+                  "|---|---|---|" + "---|" * len(BUDGETS)]
+        for (variant, runtime, term), seeds in sorted(groups.items()):
+            cells = []
+            for b in BUDGETS:
+                vals = [(p[1], p[2]) for curve in seeds.values() if (p := at_budget(curve, b)) is not None]
+                cells.append(cell(vals))
+            lines.append(f"| {variant} | {runtime} | {term} | " + " | ".join(cells) + " |")
+        lines.append("")
+        ablation = ablation_rows(groups)
+        if ablation:
+            lines += ["Ablations against `shipped` in the same runtime (difference of means, same budgets):", "",
+                      "| variant | runtime | " + " | ".join(f"Δ at {b // 1000}k" for b in BUDGETS) + " |",
+                      "|---|---|" + "---|" * len(BUDGETS), *ablation, ""]
+        png = plot(env, groups)
+        if png:
+            lines += [f"![{env} learning curves]({png})", ""]
+        lines += ["Reproduce:", ""]
+        for key in sorted(k for k in commands if k[0] == env):
+            for command in sorted(commands[key]):
+                lines.append(f"- `{command}`")
+        lines.append("")
+    return lines
+
+
+def ablation_rows(groups: dict) -> list[str]:
+    def mean_at(seeds, b):
+        vals = [p[1] for curve in seeds.values() if (p := at_budget(curve, b)) is not None]
+        return statistics.fmean(vals) if vals else None
+
+    out = []
+    for (variant, runtime, term), seeds in sorted(groups.items()):
+        base = groups.get(("shipped", runtime, term))
+        if variant == "shipped" or base is None:
+            continue
+        cells = []
+        for b in BUDGETS:
+            m, m0 = mean_at(seeds, b), mean_at(base, b)
+            cells.append("–" if m is None or m0 is None else f"{m - m0:+,.0f}")
+        out.append(f"| {variant} | {runtime} | " + " | ".join(cells) + " |")
+    return out
+
+
+def runtime_section(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Runtime", "", "| benchmark | figure | value | baseline | ratio | commit |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['benchmark']} | {r['figure']} | {r['value']} | {r['baseline']} | {r['ratio']} | {r['commit']} |")
+    return lines + [""]
+
+
+def main() -> None:
+    lines = ["# Results", "",
+             "Generated by `benchmarks/report.py` from `benchmarks/results/*.csv`; do not edit by hand.", ""]
+    lines += learning_section(read("learning.csv"))
+    lines += runtime_section(read("runtime.csv"))
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
