@@ -101,7 +101,8 @@ def test_ints_are_accepted_for_floats():
         ({"model": {"holdout_fraction": 0.9}}, "model.holdout_fraction"),
         ({"policy": {"horizon": 0}}, "policy.horizon"),
         ({"train": {"seed": -1}}, "train.seed"),
-        ({"policy": {"risk_lambda": float("nan")}}, "policy.risk_lambda"),
+        ({"mean_variance": {"risk_lambda": float("nan")}}, "mean_variance.risk_lambda"),
+        ({"mean_variance": {"risk_lambda": -0.1}}, "mean_variance.risk_lambda"),
     ],
 )
 def test_out_of_range_names_key(data, key):
@@ -127,6 +128,34 @@ def test_bad_choice_names_key_and_choices():
         C.from_dict({"runtime": "k8s"})
     with pytest.raises(ConfigError, match=esc("'resources.learner_gpus'")):
         C.from_dict({"resources": {"learner_gpus": "many"}})
+    with pytest.raises(ConfigError, match=esc("config key 'model.rollout_members' = 'best'")) as info:
+        C.from_dict({}, ["model.rollout_members=best"])
+    assert "all" in str(info.value) and "elites" in str(info.value)
+    assert C.from_dict({}, ["model.rollout_members=elites"]).model.rollout_members == "elites"
+
+
+def test_moved_key_names_its_new_place(tmp_path):
+    moved = esc("config key 'policy.risk_lambda' is now 'mean_variance.risk_lambda'")
+    with pytest.raises(ConfigError, match=moved):
+        C.from_dict({"policy": {"risk_lambda": 0.5}})
+    with pytest.raises(ConfigError, match=moved):
+        C.from_dict({}, ["policy.risk_lambda=0.5"])
+    old = tmp_path / "old.yaml"
+    old.write_text("policy:\n  horizon: 5\n  risk_lambda: 1.0\n")
+    with pytest.raises(ConfigError, match=moved):
+        C.load(old)
+    assert C.from_dict({"mean_variance": {"risk_lambda": 1.0}}).mean_variance.risk_lambda == 1.0
+
+
+def test_objective_must_be_registered():
+    from umpo_dist.objectives import registered_objectives
+
+    assert C.from_dict({}).policy.objective == "mean_variance" and "mean_variance" in registered_objectives()
+    with pytest.raises(ConfigError, match=esc("config key 'policy.objective' = 'no_such_objective'")) as info:
+        C.from_dict({"policy": {"objective": "no_such_objective"}})
+    assert "mean_variance" in str(info.value)  # the registered names are listed
+    with pytest.raises(ConfigError, match=esc("'policy.objective'")):
+        C.from_dict({}, ["policy.objective=mean-variance"])
 
 
 def test_elites_cannot_exceed_ensemble_size():
@@ -148,13 +177,13 @@ def test_section_and_file_must_be_mappings():
 def test_set_overrides_parse_as_yaml_values():
     cfg = C.from_dict(
         {"model": {"ensemble_size": 5, "elites": 4}},
-        ["model.ensemble_size=3", "model.elites=2", "train.stop_at_return=null", "policy.risk_lambda=0",
+        ["model.ensemble_size=3", "model.elites=2", "train.stop_at_return=null", "mean_variance.risk_lambda=0",
          "replay.sampling=uniform", "tracking.run_name=my run", "model.lr=0.002", "runtime=inline"],
     )
     assert cfg.model.ensemble_size == 3 and type(cfg.model.ensemble_size) is int
     assert cfg.model.elites == 2
     assert cfg.train.stop_at_return is None
-    assert cfg.policy.risk_lambda == 0.0 and isinstance(cfg.policy.risk_lambda, float)
+    assert cfg.mean_variance.risk_lambda == 0.0 and isinstance(cfg.mean_variance.risk_lambda, float)
     assert cfg.replay.sampling == "uniform"
     assert cfg.tracking.run_name == "my run"
     assert cfg.model.lr == pytest.approx(0.002)

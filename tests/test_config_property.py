@@ -44,7 +44,8 @@ TRICKY_TEXT = ["0x_", "0b_", "2020-13-45", "0000-01-01", "2021-02-30", "1" * 440
                "!!python/object/apply:os.system ['true']", "!!binary 'not base64'", "&a [*a]", "*undefined",
                "'unterminated", '"\\x"', "{a: 1", "a: b: c", "- [", "\t", "%YAML 9.9", "---\n---", "? x", "@", "`",
                "1e-3", "3e-4", ".nan", "-.inf", "1_000", "0o17", "017", "1:30", "0x1F", "yes", "off", "~", "null",
-               "[1, 2]", "{id: Hopper-v5}", "auto", "linear", "uniform", "ray", "inline", "1.5", "-1", "0", ""]
+               "[1, 2]", "{id: Hopper-v5}", "auto", "linear", "uniform", "ray", "inline", "1.5", "-1", "0", "",
+               "mean_variance", "all", "elites"]
 
 junk_text = st.text(max_size=12)
 numbers = st.one_of(st.integers(-10, 10), st.integers(-(2**40), 2**40),
@@ -57,12 +58,15 @@ def plausible(hint) -> st.SearchStrategy:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if args:
         return st.one_of(st.none(), plausible(args[0]))
+    if hint is bool:
+        return st.one_of(st.booleans(), st.sampled_from(["true", "no", "1"]))
     if hint is int:
         return st.one_of(st.integers(-2, 2_000_000), st.integers(0, 20))
     if hint is float:
         return st.one_of(st.floats(-1, 2), st.floats(0, 1, exclude_min=True), st.integers(0, 5),
                          st.sampled_from(["3e-4", "1e-3", "0.5", ".inf", "x"]))
-    return st.one_of(st.sampled_from(["ray", "inline", "linear", "uniform", "auto", "1", "0.5", "-1"] + ENV_IDS),
+    return st.one_of(st.sampled_from(["ray", "inline", "linear", "uniform", "auto", "1", "0.5", "-1", "mean_variance",
+                                      "all", "elites"] + ENV_IDS),
                      st.integers(0, 3), junk_text)
 
 
@@ -150,6 +154,9 @@ def assert_reloads(cfg: Config) -> None:
 @example(doc={"train": {"seed": 3}}, sets=["train.seed=0x_"])
 @example(doc={}, sets=["train.seed=2020-13-45"])
 @example(doc={"model": {"ensemble_size": 5, "elites": 3}}, sets=["policy.horizon=[" + "[" * 600])
+@example(doc={"policy": {"risk_lambda": 0.5}}, sets=[])  # a moved key
+@example(doc={}, sets=["policy.risk_lambda=0.5"])
+@example(doc={"policy": {"objective": "mean_variance"}, "model": {"rollout_members": "elites"}}, sets=[])
 def test_documents_and_overrides(doc, sets):
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     cfg = outcome(lambda: C.load(config_file(text), sets, check_env=False))

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from umpo_dist.config import ModelConfig, PolicyConfig
+from umpo_dist.config import Config, ModelConfig, PolicyConfig, TrainConfig
 from umpo_dist.models.model_learner import ModelLearner
 from umpo_dist.numerical_guard import NumericalGuard
-from umpo_dist.objectives.mean_variance import PolicyLearner
+from umpo_dist.envs.spec import EnvSpec
+from umpo_dist.objectives.mean_variance import MeanVarianceObjective
 from umpo_dist.data.replay import ReplayBuffer
 
 torch.set_num_threads(1)
@@ -222,11 +223,12 @@ def test_model_good_update_resets_consecutive_bad(replay):
 
 
 # -- the policy learner --------------------------------------------------------------------------------
-def make_policy_learner(replay, snapshot_every: int = 100) -> PolicyLearner:
+def make_policy_learner(replay, snapshot_every: int = 100) -> MeanVarianceObjective:
     model = ModelLearner(MODEL_CFG, OBS_DIM, ACT_DIM, seed=0)
     for _ in range(3):
         model.update(replay.sample(32))
-    learner = PolicyLearner(POLICY_CFG, MODEL_CFG, OBS_DIM, [-3.0], [3.0], seed=0)
+    cfg = Config(model=MODEL_CFG, policy=POLICY_CFG, train=TrainConfig(seed=0))
+    learner = MeanVarianceObjective(cfg, EnvSpec("test", OBS_DIM, (-3.0,), (3.0,)))
     learner.set_model_weights(model.weights(), model.updates)
     learner.guard = NumericalGuard({
         "policy": learner.policy, "value": learner.value, "target_value": learner.target_value,
@@ -235,21 +237,26 @@ def make_policy_learner(replay, snapshot_every: int = 100) -> PolicyLearner:
     return learner
 
 
-def policy_parts(learner: PolicyLearner) -> list:
+def policy_parts(learner: MeanVarianceObjective) -> list:
     return [learner.policy, learner.value, learner.target_value, learner.actor_opt, learner.value_opt,
             learner.alpha_opt]
 
 
-def nan_starts(replay) -> np.ndarray:
-    starts = replay.sample_start_states(16)
-    starts[5, 2] = np.nan
-    return starts
+def starts(replay) -> dict:
+    """What the replay serves for the learner's `needs`: 16 start states."""
+    return {"start_states": replay.sample_start_states(16)}
+
+
+def nan_starts(replay) -> dict:
+    data = starts(replay)
+    data["start_states"][5, 2] = np.nan
+    return data
 
 
 def test_policy_nan_start_states_are_skipped(replay):
     learner = make_policy_learner(replay)
     torch.manual_seed(0)
-    learner.update(replay.sample_start_states(16))
+    learner.update(starts(replay))
     before = snapshot(*policy_parts(learner))
     alpha = learner.log_alpha.detach().clone()
     metrics = learner.update(nan_starts(replay))
@@ -259,7 +266,7 @@ def test_policy_nan_start_states_are_skipped(replay):
         assert_state_equal(state, part.state_dict(), type(part).__name__)
     assert torch.equal(learner.log_alpha.detach(), alpha)
     assert all(p.grad is None for p in learner.policy.parameters())
-    metrics = learner.update(replay.sample_start_states(16))
+    metrics = learner.update(starts(replay))
     assert learner.updates == 2 and metrics["policy/nonfinite_skipped"] == 1
     assert np.isfinite(metrics["policy/objective"])
 
@@ -276,7 +283,7 @@ def test_policy_nan_objective_is_skipped(replay, monkeypatch):
         return objective * float("nan"), mean, std
 
     monkeypatch.setattr(pl, "mean_variance_objective", nan_objective)
-    metrics = learner.update(replay.sample_start_states(16))
+    metrics = learner.update(starts(replay))
     assert metrics["policy/nonfinite_skipped"] == 1 and learner.updates == 0
     for part, state in zip(policy_parts(learner), before):
         assert_state_equal(state, part.state_dict(), type(part).__name__)
@@ -286,29 +293,29 @@ def test_policy_rollback_and_reset(replay):
     learner = make_policy_learner(replay, snapshot_every=3)
     torch.manual_seed(1)
     for _ in range(3):
-        learner.update(replay.sample_start_states(16))
+        learner.update(starts(replay))
     guarded = [learner.policy, learner.value, learner.target_value, learner.actor_opt, learner.value_opt]
     at_snapshot = snapshot(*guarded)
-    learner.update(replay.sample_start_states(16))
+    learner.update(starts(replay))
     assert learner.updates == 4 and not params_equal(learner.policy, at_snapshot[0])
     # Two bad, one good: the count starts again.
     learner.update(nan_starts(replay))
     learner.update(nan_starts(replay))
-    learner.update(replay.sample_start_states(16))
+    learner.update(starts(replay))
     assert learner.guard.consecutive == 0 and learner.updates == 5
-    learner.update(replay.sample_start_states(16))
+    learner.update(starts(replay))
     assert learner.updates == 6
     at_snapshot = snapshot(*guarded)  # 6 good updates: a new snapshot
     with torch.no_grad():
         for p in learner.policy.parameters():
             p.fill_(float("nan"))
     for i in range(4):
-        assert learner.update(replay.sample_start_states(16))["policy/rollbacks"] == 0
-    metrics = learner.update(replay.sample_start_states(16))
+        assert learner.update(starts(replay))["policy/rollbacks"] == 0
+    metrics = learner.update(starts(replay))
     assert metrics == {"policy/nonfinite_skipped": 7, "policy/rollbacks": 1}
     for module, state in zip(guarded, at_snapshot):
         assert_state_equal(state, module.state_dict(), type(module).__name__)
-    metrics = learner.update(replay.sample_start_states(16))
+    metrics = learner.update(starts(replay))
     assert learner.updates == 7 and np.isfinite(metrics["policy/objective"])
 
 
@@ -318,5 +325,5 @@ def test_policy_nan_value_targets_do_not_reach_the_value_weights(replay, monkeyp
     learner = make_policy_learner(replay)
     real = pl.lambda_returns
     monkeypatch.setattr(pl, "lambda_returns", lambda *a, **k: real(*a, **k) * float("nan"))
-    learner.update(replay.sample_start_states(16))
+    learner.update(starts(replay))
     assert all(torch.isfinite(p).all() for p in learner.value.parameters())

@@ -64,7 +64,7 @@ class ModelConfig:
 
 @dataclass
 class PolicyConfig:
-    objective: str = "mean_variance"  # how the policy learns from the model: a name in umpo_dist.objectives
+    objective: str = "mean_variance"  # how the policy learns from the model: a name in umpo_dist.objectives, or module:name
     hidden_layers: int = ranged(2, 1)  # hidden layers of actor and value networks
     hidden_size: int = ranged(128, 1)  # units per hidden layer
     horizon: int = ranged(5, 1, 100)  # H, imagined steps per rollout
@@ -243,8 +243,14 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
 
 
 def _check_objective(name: str) -> None:
-    from umpo_dist.objectives import registered_objectives
+    from umpo_dist.objectives import registered_objectives, resolve_objective
 
+    if ":" in name:  # `module:name`: an objective registered by importing `module`
+        try:
+            resolve_objective(name)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'policy.objective' = {name!r}: {exc}") from None
+        return
     names = registered_objectives()
     if name not in names:
         raise ConfigError(f"config key 'policy.objective' = {name!r} must be one of {', '.join(names)}")

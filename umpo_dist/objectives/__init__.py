@@ -12,7 +12,8 @@ from umpo_dist.objectives.base import (
     build_objective,
     register_objective,
     registered_objectives,
+    resolve_objective,
 )
 from umpo_dist.objectives import mean_variance  # noqa: F401  (registers "mean_variance")
 
-__all__ = ["Objective", "build_objective", "register_objective", "registered_objectives"]
+__all__ = ["Objective", "build_objective", "register_objective", "registered_objectives", "resolve_objective"]

@@ -4,10 +4,17 @@ An objective is the policy learner's algorithm. It declares what one update cons
 from the replay (`DataNeeds`: start states for imagined rollouts, whole transitions,
 or both); the runtimes sample exactly that and hand it to `update`. Registering a
 factory under a name makes `policy.objective: <name>` select it; no runtime changes.
+
+An objective outside the package is named `module:name` (`policy.objective:
+my_objectives:zero_gradient`): whichever process builds it (the driver checking the
+config, the inline runner, a Ray policy-learner actor) imports `module` first, and the
+import registers `name` there. `module` must be importable in those processes: on their
+`PYTHONPATH`, in a Ray job's `working_dir`, or installed.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
@@ -22,6 +29,8 @@ if TYPE_CHECKING:
 
 
 class Objective(Learner, Protocol):
+    """`state()` holds the policy's weights under "policy" (checkpoints export the policy from there)."""
+
     needs: DataNeeds  # what one `update` consumes: `update(replay.sample_for(needs))`
     policy: TanhGaussianPolicy  # the policy it improves (its `weights()` are this policy's)
     model_version: int  # version of the dynamics-model weights it holds (-1: none yet)
@@ -48,10 +57,20 @@ def registered_objectives() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def build_objective(cfg: Config, spec: EnvSpec, device: torch.device | str = "cpu") -> Objective:
-    """The objective named by `cfg.policy.objective`, on `device`."""
+def resolve_objective(name: str) -> ObjectiveFactory:
+    """The factory registered under `name`; for `module:name`, under `name` once `module` is imported."""
+    module, sep, short = name.rpartition(":")
+    if sep:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"objective {name!r}: cannot import module {module!r} ({exc})") from None
     try:
-        factory = _REGISTRY[cfg.policy.objective]
+        return _REGISTRY[short]
     except KeyError:
-        raise ValueError(f"no objective named {cfg.policy.objective!r}; registered: {', '.join(registered_objectives())}") from None
-    return factory(cfg, spec, torch.device(device))
+        raise ValueError(f"no objective named {short!r}; registered: {', '.join(registered_objectives())}") from None
+
+
+def build_objective(cfg: Config, spec: EnvSpec, device: torch.device | str = "cpu") -> Objective:
+    """The objective named by `cfg.policy.objective` (a registered name, or `module:name`), on `device`."""
+    return resolve_objective(cfg.policy.objective)(cfg, spec, torch.device(device))

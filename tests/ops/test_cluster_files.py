@@ -19,7 +19,7 @@ import yaml
 
 from umpo_dist.ops.cli import build_parser
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER, DOCKER, DOCS = REPO / "cluster", REPO / "docker", REPO / "README.md"
 LAUNCHER = CLUSTER / "aws.yaml"
 KUBERAY = CLUSTER / "kuberay"

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from umpo_dist.config import ModelConfig
-from umpo_dist.models.ensemble import EnsembleDynamics, EnsembleLinear, RunningNormalizer
+from umpo_dist.models.ensemble import EnsembleDynamics, EnsembleLinear
+from umpo_dist.models.normalizer import RunningNormalizer
 from umpo_dist.models.model_learner import ModelLearner
 from umpo_dist.data.replay import ReplayBuffer
 

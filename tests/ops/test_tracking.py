@@ -8,8 +8,8 @@ import socket
 import pytest
 import torch
 
-from umpo_dist import cli
-from umpo_dist import tracking as tracking_mod
+from umpo_dist.ops import cli
+from umpo_dist.ops import tracking as tracking_mod
 from umpo_dist.config import flatten, from_dict
 from umpo_dist.ops.tracking import Tracker, TrackingError, check_reachable
 

@@ -6,30 +6,32 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from umpo_dist import cli
+import umpo_dist
+from umpo_dist.config import from_dict
+from umpo_dist.data.replay import ReplayBuffer
+from umpo_dist.envs.spec import env_spec
+from umpo_dist.models.model_learner import ModelLearner
+from umpo_dist.objectives.mean_variance import MeanVarianceObjective
+from umpo_dist.ops import checkpoint as checkpoint_mod
+from umpo_dist.ops import cli
+from umpo_dist.ops.artifacts import export_policy, load_policy
 from umpo_dist.ops.checkpoint import (
     KEEP,
     MANIFEST,
     CheckpointError,
-    export_policy,
     load_checkpoint,
     load_learner_state,
-    load_policy,
     resolve_checkpoint,
     save_checkpoint,
     verify_checkpoint,
 )
-from umpo_dist.config import from_dict
-from umpo_dist.envs.spec import env_spec
-from umpo_dist.models.model_learner import ModelLearner
-from umpo_dist.objectives.mean_variance import PolicyLearner
-from umpo_dist.data.replay import ReplayBuffer
 from umpo_dist.ops.train import checkpoint_meta
 
 torch.set_num_threads(1)
@@ -80,13 +82,13 @@ def states(spec, cfg):
     model = ModelLearner(cfg.model, spec.obs_dim, spec.action_dim, seed=0)
     for _ in range(3):
         model.update(replay.sample(cfg.model.batch_size))
-    policy = PolicyLearner(cfg.policy, cfg.model, spec.obs_dim, spec.action_low, spec.action_high, seed=0)
+    policy = MeanVarianceObjective(cfg, spec)
     policy.set_model_weights(model.weights(), model.updates)
     for _ in range(2):
-        policy.update(replay.sample_start_states(cfg.policy.start_states))
+        policy.update(replay.sample_for(policy.needs))
     assert model.updates == 3 and policy.updates == 2
     counters = {"env_steps": 120, "model_updates": 3, "policy_updates": 2, "evaluations": [[100, 12.5]],
-                "torch_rng": torch.get_rng_state().tolist()[:16]}
+                "episodes": [[40, 7.0], [95, 11.0]], "next_eval": 200}
     return {"replay": replay.state(), "model": model.state(), "policy": policy.state(), "counters": counters,
             "model_learner": model, "policy_learner": policy}
 
@@ -147,7 +149,7 @@ def test_round_trip_returns_equal_state(tmp_path, states, meta, spec, cfg):
     model.load_state(ckpt["model"])
     assert_same(states["model_learner"].model.state_dict(), model.model.state_dict(), "model weights")
     assert model.updates == 3
-    policy = PolicyLearner(cfg.policy, cfg.model, spec.obs_dim, spec.action_low, spec.action_high, seed=5)
+    policy = MeanVarianceObjective(replace(cfg, train=replace(cfg.train, seed=5)), spec)
     policy.load_state(ckpt["policy"])
     assert_same(states["policy_learner"].policy.state_dict(), policy.policy.state_dict(), "policy weights")
     assert policy.updates == 2
@@ -179,6 +181,130 @@ def test_stale_temporary_dir_from_a_crashed_write_is_harmless(tmp_path, states, 
     # The next write of that step replaces the leftovers.
     new = write(tmp_path, 200, states, meta)
     assert not stale.exists() and load_checkpoint(tmp_path, meta)["path"] == new
+
+
+# -- rewriting a step: the crash window ------------------------------------------------------------------
+def changed_states(states: dict) -> dict:
+    """Other contents for the same env step: a moved model weight, other counters, a longer replay."""
+    model = {**states["model"], "model": dict(states["model"]["model"]), "updates": states["model"]["updates"] + 1}
+    name = next(k for k, v in model["model"].items() if torch.is_tensor(v) and v.is_floating_point() and v.numel() > 1)
+    model["model"][name] = model["model"][name] + 1.0
+    replay = {k: v.copy() for k, v in states["replay"].items()}
+    replay["reward"] = replay["reward"] + 1.0
+    counters = {**states["counters"], "model_updates": states["counters"]["model_updates"] + 1,
+                "evaluations": [[100, 12.5], [120, 99.0]]}
+    return {**states, "model": model, "replay": replay, "counters": counters}
+
+
+def assert_holds(ckpt: dict, expected: dict) -> None:
+    assert_same(expected["replay"], ckpt["replay"], "replay")
+    assert_same(expected["model"], ckpt["model"], "model")
+    assert_same(expected["policy"], ckpt["policy"], "policy")
+    assert ckpt["counters"] == expected["counters"]
+
+
+def test_changed_states_differ(states):
+    new = changed_states(states)
+    with pytest.raises(AssertionError):
+        assert_same(states["model"], new["model"])
+    with pytest.raises(AssertionError):
+        assert_same(states["replay"], new["replay"])
+    assert new["counters"] != states["counters"]
+
+
+def test_rewriting_a_step_never_touches_what_latest_names(tmp_path, states, meta):
+    root = tmp_path / "checkpoints"
+    old = write(tmp_path, 120, states, meta)
+    new_states = changed_states(states)
+    again = write(tmp_path, 120, new_states, meta)  # a final checkpoint at a periodic one's step, say
+    assert again == root / "step_0000000120.1" and old.is_dir()
+    assert (root / "latest").read_text() == again.name
+    assert_holds(load_checkpoint(tmp_path, meta), new_states)
+    third = write(tmp_path, 120, states, meta)
+    assert third == root / "step_0000000120.2"
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_0000000120.1", "step_0000000120.2"]
+    assert_holds(load_checkpoint(tmp_path, meta), states)
+
+
+@pytest.mark.parametrize("failure", ["latest pointer", "fsync after the rename"])
+def test_a_crash_before_latest_moves_leaves_the_old_checkpoint_whole(tmp_path, states, meta, monkeypatch, failure):
+    root = tmp_path / "checkpoints"
+    old = write(tmp_path, 120, states, meta)
+    old_files = {p.name: p.read_bytes() for p in old.iterdir()}
+    new_states = changed_states(states)
+
+    if failure == "latest pointer":
+        real_write_text = checkpoint_mod._write_text
+
+        def write_text(path, text):
+            if Path(path).name == "latest":
+                raise OSError("power cut while writing latest")
+            return real_write_text(path, text)
+
+        monkeypatch.setattr(checkpoint_mod, "_write_text", write_text)
+    else:
+        real_fsync_dir = checkpoint_mod.fsync_dir
+
+        def fsync_dir(path):
+            if Path(path) == root and not list(root.glob(".tmp_step_*")):
+                raise OSError("power cut after the rename")  # the new directory is in place, `latest` not moved
+            return real_fsync_dir(path)
+
+        monkeypatch.setattr(checkpoint_mod, "fsync_dir", fsync_dir)
+    with pytest.raises(OSError, match="power cut"):
+        write(tmp_path, 120, new_states, meta)  # the same env step again
+    monkeypatch.undo()
+
+    # `latest` still names the old checkpoint, whose files are untouched: it verifies and loads with the old
+    # contents. The new one went in beside it, under its own name.
+    assert resolve_checkpoint(tmp_path) == old
+    verify_checkpoint(old, meta)
+    loaded = load_checkpoint(tmp_path, meta)
+    assert loaded["path"] == old
+    assert_holds(loaded, states)
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == old_files
+    assert (root / "latest").read_text() == old.name
+    assert (root / "step_0000000120.1").is_dir()
+
+    # A successful save at that step afterwards is what `latest` names, with the new contents.
+    path = write(tmp_path, 120, new_states, meta)
+    assert path.name.startswith("step_0000000120.") and path != old
+    assert resolve_checkpoint(tmp_path) == path
+    assert_holds(load_checkpoint(tmp_path, meta), new_states)
+    # Several more saves, some at one step: only the KEEP newest directories remain, `latest` among them.
+    for steps in (120, 240, 240, 360):
+        last = write(tmp_path, steps, states, meta)
+    kept = sorted(p.name for p in root.glob("step_*"))
+    assert len(kept) == KEEP and kept == ["step_0000000240.1", "step_0000000360"]
+    assert resolve_checkpoint(tmp_path) == last
+    assert not list(root.glob(".tmp_*")) and not list(root.rglob("*.tmp"))
+    assert_holds(load_checkpoint(tmp_path, meta), states)
+
+
+def test_a_failed_rename_of_the_new_directory_keeps_the_old_one(tmp_path, states, meta, monkeypatch):
+    """The old code removed the step's directory before renaming the new one into place; a failed rename
+    then left no checkpoint at that step at all."""
+    root = tmp_path / "checkpoints"
+    old = write(tmp_path, 120, states, meta)
+    real_replace = os.replace
+
+    def replace_files_only(src, dst):
+        if Path(src).is_dir():
+            raise OSError("rename failed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_files_only)
+    with pytest.raises(OSError, match="rename failed"):
+        write(tmp_path, 120, changed_states(states), meta)
+    monkeypatch.undo()
+    assert resolve_checkpoint(tmp_path) == old
+    assert_holds(load_checkpoint(tmp_path, meta), states)
+    assert sorted(p.name for p in root.glob("step_*")) == [old.name]
+    # The leftover temporary directory is harmless, and the next save of the step clears it.
+    path = write(tmp_path, 120, changed_states(states), meta)
+    assert not list(root.glob(".tmp_*"))
+    assert_holds(load_checkpoint(tmp_path, meta), changed_states(states))
+    assert path != old and old.is_dir()
 
 
 # -- damage ------------------------------------------------------------------------------------------
@@ -344,7 +470,7 @@ def test_cli_evaluate_missing_and_non_policy_paths(tmp_path, capsys):
     missing = tmp_path / "nothing-here"
     assert cli.main(["evaluate", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert f"umpo: error: no checkpoint at '{missing}'" in err and "Traceback" not in err
+    assert f"umpo: error: no policy file, checkpoint or run directory at '{missing}'" in err and "Traceback" not in err
     junk = tmp_path / "notes.txt"
     junk.write_text("not a policy")
     assert cli.main(["evaluate", str(junk)]) == 2
@@ -355,8 +481,7 @@ def test_cli_evaluate_missing_and_non_policy_paths(tmp_path, capsys):
 # -- the exported policy ------------------------------------------------------------------------------
 def test_export_and_load_policy_give_identical_actions(tmp_path, states, spec, cfg):
     learner = states["policy_learner"]
-    file = export_policy(tmp_path / "out" / "policy.pt", learner.policy_weights(), spec.env_id, spec.obs_dim,
-                         spec.action_low, spec.action_high, cfg.policy.hidden_layers, cfg.policy.hidden_size)
+    file = export_policy(tmp_path / "out" / "policy.pt", learner.weights(), spec, cfg.policy)
     assert file == tmp_path / "out" / "policy.pt" and not file.with_suffix(".tmp").exists()
     policy = load_policy(file)
     assert policy.env_id == spec.env_id and not policy.training
@@ -369,8 +494,21 @@ def test_export_and_load_policy_give_identical_actions(tmp_path, states, spec, c
     assert np.all(np.abs(a) <= 3.0)
 
 
+def test_load_policy_from_a_checkpoint_or_run_directory(tmp_path, states, meta, spec):
+    learner = states["policy_learner"]
+    path = write(tmp_path, 120, states, meta)
+    obs = np.random.default_rng(4).normal(size=(16, spec.obs_dim)).astype(np.float32)
+    for where in (path, tmp_path, tmp_path / "checkpoints"):
+        policy = load_policy(where)
+        assert policy.env_id == spec.env_id and not policy.training
+        np.testing.assert_array_equal(policy.act(obs, deterministic=True), learner.policy.act(obs, deterministic=True))
+    shortcut = umpo_dist.load_policy(tmp_path)  # the top-level shortcut
+    np.testing.assert_array_equal(shortcut.act(obs, deterministic=True), learner.policy.act(obs, deterministic=True))
+
+
 def test_load_policy_refuses_other_files(tmp_path, states, meta):
-    with pytest.raises(CheckpointError, match=re.escape(f"no policy file at '{tmp_path / 'absent.pt'}'")):
+    absent = tmp_path / "absent.pt"
+    with pytest.raises(CheckpointError, match=re.escape(f"no policy file, checkpoint or run directory at '{absent}'")):
         load_policy(tmp_path / "absent.pt")
     path = write(tmp_path, 120, states, meta)
     for name in ("model_learner.pt", "counters.json", "replay.npz"):

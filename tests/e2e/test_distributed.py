@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import ray
 from mlflow.tracking import MlflowClient
 
 from umpo_dist import config
@@ -12,11 +13,17 @@ from umpo_dist.ops.train import train
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def ip_config(*overrides):
     return config.load(ROOT / "configs" / "inverted_pendulum.yaml", list(overrides))
+
+
+def expected_device() -> str:
+    """The device the learners compute on under `resources.learner_gpus=auto`: `cuda` when the
+    cluster has a GPU to share between them (`learner_gpus`), else the CPU."""
+    return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
 
 
 def artifact_paths(client, run_id, path=None):
@@ -50,7 +57,8 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
     slack = cfg.resources.ratio_tolerance + cfg.resources.chunk_size
     assert 0.5 * (steps - slack) <= summary["model_updates"] - cfg.train.model_warmup_updates <= 0.5 * steps
     assert 1.0 * (steps - slack) <= summary["policy_updates"] <= 1.0 * steps
-    assert summary["devices"] == {"model_learner": "cpu", "policy_learner": "cpu"}
+    device = expected_device()
+    assert summary["devices"] == {"model_learner": device, "policy_learner": device}
 
     client = MlflowClient()
     run = client.get_run(summary["run_id"])
@@ -66,14 +74,15 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
     assert max(m.value for m in evals) >= 900
     for tag in ("umpo.version", "ray.version", "device"):
         assert tag in run.data.tags
+    assert run.data.tags["device"] == device
     artifacts = artifact_paths(client, run.info.run_id)
     for path in ("config.yaml", "learning_curve.png", "policy/policy.pt", "policy/README.md",
                  "checkpoint/manifest.json", "checkpoint/replay.npz"):
         assert path in artifacts, artifacts
 
     # The exported policy loads and balances the pendulum on its own.
-    from umpo_dist.ops.checkpoint import load_policy
     from umpo_dist.envs.evaluation import evaluate_policy
+    from umpo_dist.ops.artifacts import load_policy
 
     policy = load_policy(summary["policy_file"])
     assert evaluate_policy(policy, "InvertedPendulum-v5", 2, seed=123)["return_mean"] >= 900

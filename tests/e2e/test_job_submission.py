@@ -40,7 +40,7 @@ from umpo_dist.ops.submit import (
     train_command,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's bin: ray, mlflow, umpo, python
 CONFIG = "configs/inverted_pendulum.yaml"
 SCRUB = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from umpo_dist.data.replay import ReplayBuffer, linear_ranks
+from umpo_dist.data.replay import DataNeeds, ReplayBuffer, linear_ranks, read_replay_state, write_replay_state
 
 OBS_DIM, ACT_DIM, E = 3, 2, 5
 
@@ -268,6 +269,24 @@ def test_start_states_are_obs_rows_of_the_window():
     np.testing.assert_array_equal(s, make_batch(0, buf.total_inserted)["obs"][g])
 
 
+def test_sample_for_serves_exactly_what_the_needs_ask():
+    a = ReplayBuffer(OBS_DIM, ACT_DIM, capacity=64, ensemble_size=E, seed=8)
+    b = ReplayBuffer(OBS_DIM, ACT_DIM, capacity=64, ensemble_size=E, seed=8)
+    fill(a, [100])
+    fill(b, [100])
+    assert a.sample_for(DataNeeds()) == {}
+    only_states = a.sample_for(DataNeeds(start_states=7))
+    assert list(only_states) == ["start_states"]
+    np.testing.assert_array_equal(only_states["start_states"], b.sample_start_states(7))
+    both = a.sample_for(DataNeeds(start_states=5, transitions=9))
+    assert sorted(both) == ["start_states", "transitions"]
+    np.testing.assert_array_equal(both["start_states"], b.sample_start_states(5))
+    expected = b.sample(9)
+    assert both["transitions"].keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(both["transitions"][key], expected[key], err_msg=key)
+
+
 # -- insert validation -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "field, shape",
@@ -299,17 +318,27 @@ def test_insert_empty_batch_is_a_no_op():
 
 
 # -- persistence ----------------------------------------------------------------------------------------
+def save(buf: ReplayBuffer, directory) -> Path:
+    """What `ReplayBuffer.save` did: the state, atomically, as `directory/replay.npz`."""
+    return write_replay_state(buf.state(), directory / "replay.npz")
+
+
+def load(buf: ReplayBuffer, directory) -> None:
+    """What `ReplayBuffer.load` did."""
+    buf.load_state(read_replay_state(directory / "replay.npz"))
+
+
 def test_save_load_round_trip_continues_the_random_stream(tmp_path):
     kwargs = dict(obs_dim=OBS_DIM, action_dim=ACT_DIM, capacity=64, ensemble_size=E, holdout_fraction=0.2)
     buf = ReplayBuffer(seed=9, **kwargs)
     fill(buf, [40, 70])  # wrapped
     buf.sample(17)  # advance the stream past insertion
-    path = buf.save(tmp_path)
+    path = save(buf, tmp_path)
     assert path == tmp_path / "replay.npz" and path.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["replay.npz"], "no temp file may be left behind"
 
     other = ReplayBuffer(seed=12345, **kwargs)
-    other.load(tmp_path)
+    load(other, tmp_path)
     assert len(other) == len(buf) and other.total_inserted == buf.total_inserted
     a, b = buf.state(), other.state()
     assert a.keys() == b.keys()
@@ -330,19 +359,19 @@ def test_save_load_round_trip_continues_the_random_stream(tmp_path):
 def test_save_replaces_the_previous_file(tmp_path):
     buf = ReplayBuffer(OBS_DIM, ACT_DIM, capacity=32, ensemble_size=E, seed=10)
     fill(buf, [10])
-    buf.save(tmp_path)
+    save(buf, tmp_path)
     fill(buf, [15])
-    buf.save(tmp_path)
+    save(buf, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["replay.npz"]
     fresh = ReplayBuffer(OBS_DIM, ACT_DIM, capacity=32, ensemble_size=E)
-    fresh.load(tmp_path)
+    load(fresh, tmp_path)
     assert fresh.total_inserted == 25 and len(fresh) == 25
 
 
 def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     buf = ReplayBuffer(OBS_DIM, ACT_DIM, capacity=32, ensemble_size=E, seed=11)
     fill(buf, [10])
-    buf.save(tmp_path)
+    save(buf, tmp_path)
     fill(buf, [5])
 
     def broken_savez(fh, **arrays):
@@ -351,20 +380,20 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
-        buf.save(tmp_path)
+        save(buf, tmp_path)
     monkeypatch.undo()
     fresh = ReplayBuffer(OBS_DIM, ACT_DIM, capacity=32, ensemble_size=E)
-    fresh.load(tmp_path)  # the old, complete file is still there
+    load(fresh, tmp_path)  # the old, complete file is still there
     assert fresh.total_inserted == 10
 
 
 def test_load_errors(tmp_path):
     buf = ReplayBuffer(OBS_DIM, ACT_DIM, capacity=32, ensemble_size=E)
     with pytest.raises(FileNotFoundError, match="replay.npz"):
-        buf.load(tmp_path)
+        load(buf, tmp_path)
     fill(buf, [5])
-    buf.save(tmp_path)
+    save(buf, tmp_path)
     with pytest.raises(ValueError, match="ensemble_size"):
-        ReplayBuffer(OBS_DIM, ACT_DIM, capacity=32, ensemble_size=E + 1).load(tmp_path)
+        load(ReplayBuffer(OBS_DIM, ACT_DIM, capacity=32, ensemble_size=E + 1), tmp_path)
     with pytest.raises(ValueError, match="obs/action"):
-        ReplayBuffer(OBS_DIM + 1, ACT_DIM, capacity=32, ensemble_size=E).load(tmp_path)
+        load(ReplayBuffer(OBS_DIM + 1, ACT_DIM, capacity=32, ensemble_size=E), tmp_path)

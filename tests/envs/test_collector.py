@@ -88,6 +88,79 @@ def test_collect_continues_across_calls_and_uses_the_policy():
     col.close()
 
 
+def steering(obs: np.ndarray) -> np.ndarray:
+    """A deterministic policy whose actions differ per env (they depend on the observation)."""
+    return np.clip(2.0 * obs[:, 1:2] + obs[:, 3:4], -3.0, 3.0).astype(np.float32)
+
+
+def reference_run(seed: int, steps: int, max_episode_steps: int) -> list[dict]:
+    """One env stepped alone with `steering`, reset with the seed the collector gives env `i` (seed + i)."""
+    env = make_env(ENV_ID, max_episode_steps)
+    obs = np.asarray(env.reset(seed=seed)[0], np.float32)
+    out = []
+    for _ in range(steps):
+        action = steering(obs[None])[0]
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        next_obs = np.asarray(next_obs, np.float32)
+        out.append({"obs": obs, "action": action, "reward": np.float32(reward), "next_obs": next_obs})
+        assert not (terminated or truncated), "the reference run must stay inside one episode"
+        obs = next_obs
+    env.close()
+    return out
+
+
+def test_uneven_steps_go_to_the_first_envs_and_each_env_continues_across_calls():
+    seed, num_envs, n, calls = 4, 3, 10, 2
+    col = EnvCollector(ENV_ID, num_envs=num_envs, seed=seed, max_episode_steps=1000)
+    batches = [col.collect(n, steering)[0] for _ in range(calls)]
+    col.close()
+    for batch in batches:
+        check_shapes(batch, n)  # exactly n transitions, though n is not a multiple of the env count
+        assert not (batch["terminated"] + batch["truncated"]).any(), "precondition: no episode ends here"
+    # Round robin from the first env in every call: 10 steps over 3 envs are 4, 3, 3.
+    per_call = [k % num_envs for k in range(n)]
+    assert [per_call.count(i) for i in range(num_envs)] == [4, 3, 3]
+    for i in range(num_envs):
+        ref = reference_run(seed + i, calls * per_call.count(i), 1000)
+        got = [{key: b[key][k] for key in ("obs", "action", "reward", "next_obs")}
+               for b in batches for k in range(n) if per_call[k] == i]
+        assert len(got) == len(ref) == calls * (4 if i == 0 else 3)
+        for j, (g, r) in enumerate(zip(got, ref)):  # env i's own trajectory, in order, across both calls
+            for key in g:
+                np.testing.assert_array_equal(g[key], r[key], err_msg=f"env {i}, step {j}, {key}")
+
+
+def test_consecutive_calls_continue_each_envs_episode_through_resets():
+    num_envs, n, limit = 3, 10, 4
+    col = EnvCollector(ENV_ID, num_envs=num_envs, seed=2, max_episode_steps=limit)
+    batches = [col.collect(n)[0] for _ in range(3)]
+    col.close()
+    streams: dict[int, list[dict]] = {i: [] for i in range(num_envs)}
+    for batch in batches:
+        check_shapes(batch, n)
+        for k in range(n):
+            streams[k % num_envs].append({key: batch[key][k] for key in batch})
+    assert [len(streams[i]) for i in range(num_envs)] == [12, 9, 9]
+    resets = 0
+    for i, stream in streams.items():
+        length = 0
+        for j, t in enumerate(stream):
+            length += 1
+            ended = bool(t["terminated"] or t["truncated"])
+            # The time limit truncates exactly at the env's own 4th step: the stream is this env's alone.
+            assert bool(t["truncated"]) == (length == limit and not t["terminated"]) or t["terminated"], (i, j)
+            assert length <= limit
+            if j + 1 < len(stream):
+                if ended:
+                    assert not np.array_equal(stream[j + 1]["obs"], t["next_obs"]), (i, j)
+                    resets += 1
+                else:
+                    np.testing.assert_array_equal(stream[j + 1]["obs"], t["next_obs"], err_msg=f"env {i}, step {j}")
+            if ended:
+                length = 0
+    assert resets >= 5
+
+
 def test_collect_is_reproducible_with_a_seed():
     a, _ = EnvCollector(ENV_ID, num_envs=2, seed=7, max_episode_steps=20).collect(100)
     b, _ = EnvCollector(ENV_ID, num_envs=2, seed=7, max_episode_steps=20).collect(100)

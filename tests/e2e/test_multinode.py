@@ -40,9 +40,9 @@ def test_lost_node_actors_are_rescheduled(workdir):
         removed = []
 
         def remove_node(driver):
-            if not removed and driver.env_steps >= 800:
+            if not removed and driver.schedule.env_steps >= 800:
                 cluster.remove_node(extra)
-                removed.append(driver.env_steps)
+                removed.append(driver.schedule.env_steps)
 
         summary = train(ip_config(*RUN, "resources.worker_cpus=1"), progress=False, callbacks=[remove_node])
         assert removed

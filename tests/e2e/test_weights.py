@@ -1,0 +1,135 @@
+"""Weight exchange and prefetching on real Ray: `WeightSubscriber.poll()/wait()` and the learners' `Prefetcher`."""
+
+import threading
+
+import pytest
+import ray
+import torch
+
+from umpo_dist.runtime.ray.learners import Prefetcher
+from umpo_dist.runtime.ray.weights import WeightStoreActor, WeightSubscriber, publish
+
+pytestmark = pytest.mark.e2e
+
+
+def weights(value: float) -> dict:
+    return {"layer.weight": torch.full((3, 2), value), "layer.bias": torch.full((3,), -value)}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def poll_answered(sub: WeightSubscriber):
+    """`sub.poll()` at a moment the store has answered the request poll keeps in flight.
+
+    `poll` never waits, so whether one call sees the answer depends on timing; this waits for
+    the answer first (with `ray.wait`, outside `poll`), so that the test does not.
+    """
+    if sub._pending is None:
+        result = sub.poll()  # sends the request, and takes the answer if it is already there
+        if result is not None or sub._pending is None:
+            return result
+    ray.wait([sub._pending])
+    return sub.poll()
+
+
+def test_poll_returns_each_newer_version_once(local_ray):
+    store = WeightStoreActor.remote()
+    sub = WeightSubscriber(store, "policy")
+    # Nothing published: None, however often it asks.
+    for _ in range(3):
+        assert poll_answered(sub) is None and sub.version == -1
+
+    publish(store, "policy", 1, weights(1.0))
+    got = poll_answered(sub)
+    assert got is not None and same(got, weights(1.0)) and sub.version == 1
+    # The same version is never transferred twice.
+    for _ in range(3):
+        assert poll_answered(sub) is None and sub.version == 1
+
+    publish(store, "policy", 5, weights(5.0))
+    got = poll_answered(sub)
+    assert same(got, weights(5.0)) and sub.version == 5
+    assert poll_answered(sub) is None
+    # An older version published late (a restarted learner) does not replace the newer one.
+    publish(store, "policy", 3, weights(3.0))
+    assert poll_answered(sub) is None and sub.version == 5
+    # Other weight sets are separate.
+    publish(store, "model", 9, weights(9.0))
+    assert poll_answered(sub) is None
+    assert same(WeightSubscriber(store, "model").wait(timeout_s=60), weights(9.0))
+
+
+def test_wait_blocks_until_a_version_is_published_and_times_out_otherwise(local_ray):
+    store = WeightStoreActor.remote()
+    sub = WeightSubscriber(store, "model")
+    assert ray.get(store.latest.remote("model", -1)) is None
+    publisher = threading.Timer(0.5, publish, (store, "model", 2, weights(2.0)))
+    publisher.start()
+    try:
+        got = sub.wait(timeout_s=60)  # returns only once version 2 exists
+    finally:
+        publisher.join()
+    assert same(got, weights(2.0)) and sub.version == 2
+    # Nothing newer than what it holds comes: a TimeoutError naming the weight set.
+    with pytest.raises(TimeoutError, match="'model'"):
+        sub.wait(timeout_s=0.3)
+    # Already newer in the store: returns at once with it; then poll has nothing more.
+    publish(store, "model", 4, weights(4.0))
+    assert same(sub.wait(timeout_s=60), weights(4.0)) and sub.version == 4
+    assert poll_answered(sub) is None
+
+
+@pytest.fixture
+def sequencer(local_ray):
+    class Sequencer:  # defined here, so that it travels to the worker by value
+        """Answers each request with (its arrival number since the actor started, the caller's tag)."""
+
+        def __init__(self):
+            self.arrived = 0
+
+        def next(self, tag):
+            self.arrived += 1
+            return self.arrived, tag
+
+        def count(self):
+            return self.arrived
+
+    return ray.remote(max_restarts=-1)(Sequencer).remote()
+
+
+def test_prefetcher_keeps_one_request_in_flight_and_answers_in_order(sequencer):
+    issued = []
+
+    def request():
+        issued.append(len(issued))
+        return sequencer.next.remote(issued[-1])
+
+    prefetch = Prefetcher(request, "sequence")
+    assert issued == []  # nothing is asked before the first `next()`
+    for k in range(5):
+        # The answer to the k-th request, in order; the (k+1)-th is already asked for.
+        assert prefetch.next() == (k + 1, k)
+        assert len(issued) == k + 2
+    assert ray.get(sequencer.count.remote()) == 6  # five answered, one in flight (actor calls run in order)
+
+
+def test_prefetcher_drops_the_prefetch_of_a_dead_actor_and_asks_the_restarted_one(sequencer):
+    issued = []
+
+    def request():
+        issued.append(len(issued))
+        return sequencer.next.remote(issued[-1])
+
+    prefetch = Prefetcher(request, "sequence")
+    before = [prefetch.next() for _ in range(3)]
+    assert before == [(1, 0), (2, 1), (3, 2)]
+    ray.kill(sequencer, no_restart=False)
+    after = [prefetch.next() for _ in range(3)]
+    tags = [tag for _, tag in after]
+    # Answers still come in the order asked, each request at most once ...
+    assert tags == sorted(set(tags)) and tags[0] >= 3 and set(tags) <= set(issued), (after, issued)
+    # ... and the restarted actor answers (its arrival count started again), which the old one,
+    # having seen every request before the kill, cannot: it would answer tag + 1.
+    assert any(arrived <= tag for arrived, tag in after), after

@@ -1,0 +1,100 @@
+"""The inline runner (one process, no Ray): it learns InvertedPendulum-v5, and an interrupted run resumes."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from umpo_dist import config
+from umpo_dist.runtime.inline import InlineRunner
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+
+
+def test_inline_runner_solves_inverted_pendulum_within_5000_steps():
+    torch.set_num_threads(1)
+    cfg = config.load(ROOT / "configs" / "inverted_pendulum.yaml",
+                      ["runtime=inline", "train.total_env_steps=5000", "train.stop_at_return=900", "train.seed=0"])
+    logged = []
+    summary = InlineRunner(cfg, lambda m, step: logged.append((step, m))).run()
+    assert summary["evaluations"][0][0] == 0
+    assert summary["evaluations"][0][1] < 100  # the initial policy drops the pole quickly
+    assert summary["best_return"] >= 900, summary["evaluations"]
+    assert summary["env_steps"] <= 5000
+    # The update-to-data ratios were held: 0.5 model and 1.0 policy updates per env step after warm-up.
+    assert abs(summary["model_ratio"] - 0.5) < 0.01
+    assert abs(summary["policy_ratio"] - 1.0) < 0.01
+    assert any("model/val_nll" in m for _, m in logged)
+
+
+# -- Ctrl-C and resume through `train` -------------------------------------------------------------------
+FAST = ["runtime=inline", "env.id=InvertedPendulum-v5", "env.eval_episodes=2",
+        "model.ensemble_size=3", "model.elites=2", "model.hidden_size=32", "model.hidden_layers=2", "policy.hidden_size=32", "policy.start_states=32",
+        "train.random_steps=200", "train.model_warmup_updates=20", "train.total_env_steps=600",
+        "train.checkpoint_every=300", "tracking.log_every_s=0", "tracking.experiment=umpo-test-inline-resume"]
+
+
+def test_an_interrupted_inline_run_checkpoints_and_resumes_where_it_stopped(workdir, capfd):
+    from mlflow.tracking import MlflowClient
+
+    from umpo_dist.ops.checkpoint import load_checkpoint
+    from umpo_dist.ops.train import train
+
+    cfg = config.from_dict({}, FAST)
+    interrupted_at = []
+
+    def ctrl_c(runner):
+        if runner.schedule.env_steps >= 300:
+            interrupted_at.append(runner.schedule.env_steps)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, callbacks=[ctrl_c])
+    assert interrupted_at == [300]
+    (run_dir,) = (workdir / "runs").iterdir()
+    run_id = run_dir.name
+    assert f"continue with: umpo train --resume {run_id}" in capfd.readouterr().err
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    # The Ctrl-C checkpoint: at the interrupted step, the replay holds exactly those transitions.
+    first = load_checkpoint(run_dir)
+    assert first["manifest"]["env_steps"] == 300 and first["path"].name.startswith("step_0000000300")
+    replay = first["replay"]
+    assert int(replay["total_inserted"]) == 300 and len(replay["reward"]) == 300
+    np.testing.assert_array_equal(replay["global_index"], np.arange(300))
+    counters = first["counters"]
+    # warm-up + 0.5 and 1.0 updates per env step past the 200 random ones
+    assert (counters["env_steps"], counters["model_updates"], counters["policy_updates"]) == (300, 70, 100)
+    assert first["model"]["updates"] == 70 and first["policy"]["updates"] == 100
+    assert [step for step, _ in counters["evaluations"]] == [0]
+
+    resumed_with = []
+
+    def note(runner):
+        if not resumed_with:
+            resumed_with.append((runner.schedule.env_steps, runner.model_learner.updates, runner.objective.updates,
+                                 runner.replay.total_inserted))
+
+    summary = train(None, resume=run_id, progress=False, callbacks=[note])
+    assert resumed_with == [(300, 70, 100, 300)]  # the learners continue from the checkpoint, not from zero
+    assert summary["run_id"] == run_id and Path(summary["run_dir"]) == run_dir.resolve()
+    assert summary["env_steps"] == 600
+    assert (summary["model_updates"], summary["policy_updates"]) == (20 + 200, 400)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_at_env_steps"] == "300"
+    # periodic at 300, Ctrl-C at 300, final at 600: one run's history
+    assert sorted(m.step for m in client.get_metric_history(run_id, "checkpoint/env_steps")) == [300, 300, 600]
+
+    final = load_checkpoint(summary["checkpoint"])
+    assert final["manifest"]["env_steps"] == 600
+    assert final["model"]["updates"] == 220 and final["policy"]["updates"] == 400
+    assert (final["counters"]["model_updates"], final["counters"]["policy_updates"]) == (220, 400)
+    assert [step for step, _ in final["counters"]["evaluations"]] == [0, 600]
+    done = final["replay"]
+    assert int(done["total_inserted"]) == 600 and len(done["reward"]) == 600
+    np.testing.assert_array_equal(done["global_index"], np.arange(600))
+    for key in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "bootstrap", "holdout"):
+        np.testing.assert_array_equal(done[key][:300], replay[key], err_msg=key)
+    assert not np.array_equal(done["obs"][300:310], replay["obs"][:10])

@@ -1,0 +1,275 @@
+"""The run's Schedule (no Ray): chunks, ratios, warm-up, evaluations, stop, checkpoints, counters."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from umpo_dist.config import TrainConfig
+from umpo_dist.runtime import schedule as schedule_mod
+from umpo_dist.runtime.schedule import Chunk, Schedule
+
+RANDOM, WARMUP = 500, 100
+
+
+def train_cfg(**kw) -> TrainConfig:
+    base = dict(total_env_steps=10_000, random_steps=RANDOM, model_warmup_updates=WARMUP, model_updates_per_step=0.5,
+                policy_updates_per_step=1.0, eval_every=1000, checkpoint_every=2500)
+    return TrainConfig(**{**base, **kw})
+
+
+# -- collection ----------------------------------------------------------------------------------------------
+def test_random_steps_come_first_in_chunks():
+    s = Schedule(train_cfg(), tolerance=200)
+    assert s.acts_randomly()
+    assert s.next_chunk(0, 100) == Chunk(100, True)
+    assert s.next_chunk(300, 100) == Chunk(100, True)  # steps already asked for count
+    assert s.next_chunk(450, 100) == Chunk(50, True)  # never past the random steps
+    s.env_steps = 499
+    assert s.acts_randomly() and s.next_chunk(0, 100) == Chunk(1, True)
+    # No learner has done anything, yet the random steps are never held back.
+    assert s.model_updates == s.policy_updates == 0
+    s.env_steps = RANDOM
+    assert not s.acts_randomly()
+    assert s.next_chunk(0, 100) == Chunk(100, False)
+    # A small budget bounds the random chunk too.
+    tiny = Schedule(train_cfg(total_env_steps=30), tolerance=200)
+    assert tiny.next_chunk(0, 100) == Chunk(30, True)
+    assert tiny.next_chunk(30, 100) is None
+
+
+def test_after_the_random_steps_chunks_are_bounded_by_the_ratios_and_tolerance():
+    s = Schedule(train_cfg(), tolerance=200)
+    s.env_steps = RANDOM
+    # Nothing learnt yet: the env may run `tolerance` steps past the random ones, and no further.
+    assert s.next_chunk(0, 1000) == Chunk(200, False)
+    assert s.next_chunk(150, 100) == Chunk(50, False)
+    assert s.next_chunk(200, 100) is None
+    # The model learner lags: it bounds the chunk even when the policy learner is ahead.
+    s.model_updates, s.policy_updates = WARMUP + 50, 400  # model covers 100 steps past RANDOM, policy 400
+    assert s.next_chunk(0, 1000) == Chunk(100 + 200, False)
+    # Now the policy learner lags.
+    s.model_updates, s.policy_updates = WARMUP + 500, 30  # model covers 1000 steps, policy 30
+    assert s.next_chunk(0, 1000) == Chunk(30 + 200, False)
+    # The budget bounds it as well.
+    s.env_steps, s.model_updates, s.policy_updates = 9_950, 10**6, 10**6
+    assert s.next_chunk(0, 100) == Chunk(50, False)
+
+
+def test_a_call_smaller_than_a_quarter_chunk_waits_until_the_updates_catch_up():
+    s = Schedule(train_cfg(), tolerance=200)
+    s.env_steps = RANDOM
+    assert s.next_chunk(190, 100) is None  # 10 steps allowed: less than 100 // 4
+    assert s.next_chunk(176, 100) is None  # 24
+    assert s.next_chunk(175, 100) == Chunk(25, False)  # a quarter chunk is enough
+    # Updates catch up (model 0.5 and policy 1.0 per step for 90 steps): a full chunk again.
+    s.model_updates, s.policy_updates = WARMUP + 45, 90
+    assert s.next_chunk(190, 100) == Chunk(100, False)
+    # The run's last few steps are not held back by the rule.
+    s.env_steps, s.model_updates, s.policy_updates = 9_990, 10**6, 10**6
+    assert s.next_chunk(0, 100) == Chunk(10, False)
+    assert s.next_chunk(10, 100) is None  # nothing left to ask for
+    # A tolerance below a quarter chunk lowers the minimum to the tolerance.
+    t = Schedule(train_cfg(), tolerance=10)
+    t.env_steps = RANDOM
+    assert t.next_chunk(0, 100) == Chunk(10, False)
+    assert t.next_chunk(1, 100) is None
+
+
+def test_no_policy_updates_before_the_model_warm_up():
+    s = Schedule(train_cfg(), tolerance=200)
+    s.env_steps = 2_000
+    for done in (0, 1, WARMUP - 1):
+        s.model_updates = done
+        assert not s.warmed_up and s.policy_updates_allowed() == 0
+    s.model_updates = WARMUP
+    assert s.warmed_up and s.policy_updates_allowed() == 1.0 * (2_000 - RANDOM)
+    zero = Schedule(train_cfg(model_warmup_updates=0), tolerance=200)
+    zero.env_steps = RANDOM + 7
+    assert zero.warmed_up and zero.policy_updates_allowed() == 7
+
+
+@pytest.mark.parametrize("env_steps", [0, 1, RANDOM - 1, RANDOM, RANDOM + 1, RANDOM + 3, 777, 2_000, 10_000])
+def test_updates_allowed_follow_warmup_plus_ratio_times_steps(env_steps):
+    s = Schedule(train_cfg(), tolerance=200)
+    s.env_steps = env_steps
+    model_target = 0 if env_steps < RANDOM else WARMUP + math.floor(0.5 * (env_steps - RANDOM))
+    policy_target = 0 if env_steps < RANDOM else math.floor(1.0 * (env_steps - RANDOM))
+    assert s.model_updates_allowed() == model_target
+    s.model_updates = model_target  # the model is done: the policy may go (warm-up included in the target)
+    assert s.model_updates_allowed() == 0
+    expected_policy = policy_target if model_target >= WARMUP else 0
+    assert s.policy_updates_allowed() == expected_policy
+    s.policy_updates = max(0, policy_target - 3)
+    assert s.policy_updates_allowed() == (min(3, policy_target) if model_target >= WARMUP else 0)
+    s.model_updates = model_target + 5  # ahead of its target: nothing more, never negative
+    assert s.model_updates_allowed() == 0
+
+
+@pytest.mark.parametrize("tolerance, chunk_size, model_ratio, policy_ratio",
+                         [(200, 100, 0.5, 1.0), (1, 100, 0.05, 0.3), (50, 7, 2.0, 1.5), (500, 100, 0.25, 0.01)])
+def test_a_whole_run_never_stalls_and_holds_the_ratios(tolerance, chunk_size, model_ratio, policy_ratio):
+    """Learners do everything they are allowed, the env takes what it is offered: the run reaches its budget,
+    the env never runs further ahead than the tolerance (or one update's worth), and the ratios are met."""
+    cfg = train_cfg(total_env_steps=5_000, model_updates_per_step=model_ratio, policy_updates_per_step=policy_ratio)
+    s = Schedule(cfg, tolerance)
+    for _ in range(100_000):
+        if s.done():
+            break
+        chunk = s.next_chunk(0, chunk_size)
+        if chunk is not None:
+            assert chunk.random == (s.env_steps < RANDOM) and 0 < chunk.steps <= chunk_size
+            s.env_steps += chunk.steps
+            if not chunk.random:
+                ahead_of_model = s.env_steps - RANDOM - max(0, s.model_updates - WARMUP) / model_ratio
+                ahead_of_policy = s.env_steps - RANDOM - s.policy_updates / policy_ratio
+                assert ahead_of_model <= max(tolerance, 1 / model_ratio + 1)
+                assert ahead_of_policy <= max(tolerance, 1 / policy_ratio + 1)
+            continue
+        m, p = s.model_updates_allowed(), s.policy_updates_allowed()
+        assert m or p, f"stalled at {s.env_steps} env steps"
+        s.model_updates += m
+        s.policy_updates += s.policy_updates_allowed()
+    assert s.done() and s.env_steps == cfg.total_env_steps
+    s.model_updates += s.model_updates_allowed()
+    s.policy_updates += s.policy_updates_allowed()
+    summary = s.summary(1.0)
+    assert summary["model_ratio"] == pytest.approx(model_ratio, abs=1 / 4_500)
+    assert summary["policy_ratio"] == pytest.approx(policy_ratio, abs=1 / 4_500)
+
+
+# -- evaluation and stop -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("jump, expected", [(False, [0, 1000, 2000, 3000]), (True, [0, 1000, 2020, 3000])])
+def test_evaluations_fall_at_multiples_of_eval_every(jump, expected):
+    s = Schedule(train_cfg(total_env_steps=3_500, eval_every=1000), tolerance=200)
+    steps = []
+    while not s.done():
+        if s.eval_due():
+            step = s.eval_started()
+            assert not s.eval_due()  # started: not due again at the same step
+            s.record_evaluation(step, 0.0)
+            steps.append(step)
+        s.env_steps += 30 if jump and s.env_steps == 1_990 else 10  # a round that jumps past a multiple
+    # Past a multiple, the evaluation belongs to the step it ran at, and the next one is at the next multiple.
+    assert steps == expected
+    assert s.final_eval_needed()  # the last evaluation is older than the run's end
+    assert not s.eval_due()  # the run is over: no periodic evaluation
+    s.record_evaluation(s.env_steps, 1.0)
+    assert not s.final_eval_needed()
+    fresh = Schedule(train_cfg(), tolerance=200)
+    assert fresh.final_eval_needed()  # a run with no evaluation at all
+
+
+def test_stop_at_return_stops_the_run_through_record_evaluation():
+    s = Schedule(train_cfg(stop_at_return=900.0), tolerance=200)
+    s.env_steps = 1000
+    s.record_evaluation(1000, 899.9)
+    assert not s.done() and not s.stopping()
+    s.env_steps = 2000
+    s.record_evaluation(2000, 900.0)
+    assert s.done() and s.stopping() and not s.eval_due()
+    s.record_evaluation(3000, 1000.0)  # the first evaluation that met it is the one reported
+    summary = s.summary(12.0)
+    assert summary["reached_stop_return_at"] == 2000
+    assert summary["best_return"] == 1000.0 and summary["final_return"] == 1000.0
+    assert summary["evaluations"] == [(1000, 899.9), (2000, 900.0), (3000, 1000.0)]
+    never = Schedule(train_cfg(), tolerance=200)  # no stop_at_return: any return goes on
+    never.record_evaluation(0, 1e9)
+    assert not never.done() and never.summary(0.0)["reached_stop_return_at"] is None
+
+
+def test_request_stop_ends_the_run_without_a_reached_return():
+    s = Schedule(train_cfg(stop_at_return=900.0), tolerance=200)
+    s.env_steps = 1234
+    assert not s.done()
+    s.request_stop()
+    assert s.done() and s.stopping() and s.reached_at is None
+    assert s.summary(1.0)["reached_stop_return_at"] is None
+    assert not s.eval_due()
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+def test_checkpoints_fall_due_with_steps_in_flight_and_move_to_the_next_multiple():
+    s = Schedule(train_cfg(total_env_steps=10_000, checkpoint_every=2500), tolerance=200)
+    assert not s.checkpoint_due()
+    s.env_steps = 2400
+    assert not s.checkpoint_due(99)
+    assert s.checkpoint_due(100)  # the steps asked for reach it: drain and write
+    s.env_steps = 2530
+    assert s.checkpoint_due()
+    s.checkpoint_written()
+    assert not s.checkpoint_due() and not s.checkpoint_due(2469)
+    assert s.checkpoint_due(2470)  # next at 5000
+    s.env_steps = 7_600  # a long round: one checkpoint, then the next multiple after it
+    assert s.checkpoint_due()
+    s.checkpoint_written()
+    assert not s.checkpoint_due(2399)
+    # 10 000 is the budget: the run's end writes that one, not the schedule.
+    for steps, in_flight in ((9_999, 1), (9_999, 500), (10_000, 0), (10_500, 0)):
+        s.env_steps = steps
+        assert not s.checkpoint_due(in_flight)
+
+
+def test_checkpoint_every_not_dividing_the_budget_and_zero():
+    s = Schedule(train_cfg(total_env_steps=10_000, checkpoint_every=3000), tolerance=200)
+    due = []
+    for steps in range(0, 10_001, 100):
+        s.env_steps = steps
+        if s.checkpoint_due():
+            due.append(steps)
+            s.checkpoint_written()
+    assert due == [3000, 6000, 9000]
+    off = Schedule(train_cfg(checkpoint_every=0), tolerance=200)
+    for steps in (0, 2500, 5000, 9_999):
+        off.env_steps = steps
+        assert not off.checkpoint_due(10**6)
+        off.checkpoint_written()
+        assert off.next_checkpoint is None
+
+
+# -- state ---------------------------------------------------------------------------------------------------
+def test_counters_round_trip_through_json():
+    cfg = train_cfg()
+    s = Schedule(cfg, tolerance=200)
+    s.env_steps, s.model_updates, s.policy_updates = 2_600, 1_150, 2_090
+    for step in (0, 1000, 2000):
+        s.env_steps = step
+        s.record_evaluation(s.eval_started(), step / 10)
+    s.env_steps = 2_600
+    for i in range(5):
+        s.record_episode(float(i))
+    counters = json.loads(json.dumps(s.counters()))  # as a checkpoint stores them
+    assert counters["env_steps"] == 2_600 and counters["next_eval"] == 3000
+
+    t = Schedule(cfg, tolerance=200)
+    t.load_counters(counters)
+    assert t.counters() == s.counters()
+    assert (t.env_steps, t.model_updates, t.policy_updates) == (2_600, 1_150, 2_090)
+    assert t.evaluations == [(0, 0.0), (1000, 100.0), (2000, 200.0)]
+    assert t.episodes == [(2_600, float(i)) for i in range(5)]
+    assert t.summary(1.0) | {"wall_s": 0} == s.summary(1.0) | {"wall_s": 0}
+    # The resumed run goes on where it was: the next evaluation at 3000, the next checkpoint at 5000.
+    assert not t.eval_due()
+    assert t.next_checkpoint == 5000 and not t.checkpoint_due(2399) and t.checkpoint_due(2400)
+    # A counters dict from before `next_eval` was stored evaluates at once.
+    old = {k: v for k, v in counters.items() if k != "next_eval"}
+    u = Schedule(cfg, tolerance=200)
+    u.load_counters(old)
+    assert u.eval_due() and u.eval_started() == 2_600
+
+
+def test_the_episode_list_stays_bounded():
+    kept = schedule_mod.EPISODES_KEPT
+    s = Schedule(train_cfg(), tolerance=200)
+    for i in range(2 * kept + 1):
+        s.env_steps = i
+        s.record_episode(float(i))
+        assert len(s.episodes) <= 2 * kept
+    assert len(s.episodes) == kept
+    assert s.episodes[-1] == (2 * kept, float(2 * kept)) and s.episodes[0] == (kept + 1, float(kept + 1))
+    for i in range(kept):
+        s.record_episode(-1.0)
+    stored = s.counters()["episodes"]
+    assert len(stored) == kept and stored[-1] == (s.env_steps, -1.0)
