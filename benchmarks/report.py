@@ -94,7 +94,8 @@ def learning_section(rows: list[dict]) -> list[str]:
         commands[(r["env"], r["variant"], r["runtime"], r["termination"])].add(r["command"])
     envs = sorted({k[0] for k in grouped}, key=lambda e: (TASK_ORDER.index(e) if e in TASK_ORDER else 99, e))
     lines = ["## Learning: evaluation return by env steps", "",
-             "Mean ± std over seeds of the evaluation return (deterministic policy) at each budget, the number "
+             "Mean ± std over seeds of the evaluation return (deterministic policy) at the last evaluation at or "
+             "before each budget, the number "
              "of seeds, and the mean wall-clock of the training loop to that point (2-core machine, one torch "
              "thread inline). `termination`: learned (the model's termination head) or known (the task's rule).", ""]
     for env in envs:

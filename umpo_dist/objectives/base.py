@@ -63,7 +63,7 @@ def resolve_objective(name: str) -> ObjectiveFactory:
     if sep:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
+        except (ImportError, TypeError) as exc:  # TypeError: a relative name such as '.x'
             raise ValueError(f"objective {name!r}: cannot import module {module!r} ({exc})") from None
     try:
         return _REGISTRY[short]
