@@ -17,7 +17,7 @@ RUN = (*FAST, "resources.num_env_workers=2", "resources.worker_cpus=0.5", "resou
        "train.total_env_steps=1500", "train.random_steps=300", "train.model_warmup_updates=50",
        "train.checkpoint_every=500", "train.eval_every=1500", "env.eval_episodes=1")
 # The evaluation at 1500 env steps must beat the initial policy's (step 0) by this much. See `learned`.
-LEARNED_MARGIN = 15.0
+LEARNED_MARGIN = 8.0
 
 
 class KillOnce:
@@ -54,10 +54,10 @@ class KillOnce:
 def learned(summary):
     """The run learned: its last evaluation beats the initial policy's by a clear margin.
 
-    Measured with RUN's settings (1500 env steps, ~240 policy updates, one evaluation episode):
-    the initial policy scores 5-10 and the runs reach 40-100 (figures in the report that
-    introduced this check); a learner that never updates, or updates with garbage, stays at
-    the initial score.
+    Measured with RUN's settings (1500 env steps, ~240 policy updates, one evaluation episode),
+    24 runs without faults: the initial policy scores 8.6 and the runs reached 19.2-60.4
+    (median ~30); the margin sits below the lowest of them. A learner that never updates,
+    or updates with garbage, stays at the initial score.
     """
     (first_step, first), (last_step, last) = summary["evaluations"][0], summary["evaluations"][-1]
     assert first_step == 0 and last_step == summary["env_steps"], summary["evaluations"]
