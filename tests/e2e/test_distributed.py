@@ -80,11 +80,16 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
                  "checkpoint/manifest.json", "checkpoint/replay.npz"):
         assert path in artifacts, artifacts
 
-    # The exported policy loads and balances the pendulum on its own.
+    # The exported policy is the one that scored the best evaluation (not whatever the learner held
+    # when the run stopped); it loads, and balances the pendulum on its own from other start states.
     from umpo_dist.envs.evaluation import evaluate_policy
     from umpo_dist.ops.artifacts import load_policy
 
+    assert summary["policy_evaluation"][1] == summary["best_return"]
     policy = load_policy(summary["policy_file"])
+    again = evaluate_policy(policy, "InvertedPendulum-v5", cfg.env.eval_episodes, 10_000 + cfg.train.seed,
+                            cfg.env.max_episode_steps)
+    assert again["return_mean"] == pytest.approx(summary["best_return"], abs=1.0)
     assert evaluate_policy(policy, "InvertedPendulum-v5", 2, seed=123)["return_mean"] >= 900
 
 

@@ -98,3 +98,14 @@ def test_an_interrupted_inline_run_checkpoints_and_resumes_where_it_stopped(work
     for key in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "bootstrap", "holdout"):
         np.testing.assert_array_equal(done[key][:300], replay[key], err_msg=key)
     assert not np.array_equal(done["obs"][300:310], replay["obs"][:10])
+
+    # The exported policy is the one that scored the best evaluation (one before the resume counts):
+    # evaluated again the same way, it gives the same return.
+    from umpo_dist.envs.evaluation import evaluate_policy
+    from umpo_dist.ops.artifacts import exported_evaluation, load_policy
+
+    best = max(summary["evaluations"], key=lambda e: e[1])  # max keeps the first of equal returns
+    assert exported_evaluation(summary["policy_file"]) == summary["policy_evaluation"] == best
+    again = evaluate_policy(load_policy(summary["policy_file"]), "InvertedPendulum-v5", 2, 10_000 + cfg.train.seed,
+                            cfg.env.max_episode_steps)
+    assert again["return_mean"] == best[1]

@@ -180,6 +180,15 @@ def test_stop_at_return_stops_the_run_through_record_evaluation():
     assert not never.done() and never.summary(0.0)["reached_stop_return_at"] is None
 
 
+def test_record_evaluation_says_which_evaluations_beat_all_earlier_ones():
+    s = Schedule(train_cfg(), tolerance=200)
+    assert [s.record_evaluation(step, ret) for step, ret in [(0, 10.0), (1000, 5.0), (2000, 10.0), (3000, 11.0)]] \
+        == [True, False, False, True]  # a tie is not better: the policy that scored it first stays
+    resumed = Schedule(train_cfg(), tolerance=200)
+    resumed.load_counters(s.counters())  # evaluations before a resume count
+    assert not resumed.record_evaluation(4000, 10.5) and resumed.record_evaluation(5000, 11.5)
+
+
 def test_request_stop_ends_the_run_without_a_reached_return():
     s = Schedule(train_cfg(stop_at_return=900.0), tolerance=200)
     s.env_steps = 1234

@@ -12,8 +12,12 @@ from umpo_dist.models.policy import TanhGaussianPolicy, build_policy
 from umpo_dist.ops.checkpoint import CheckpointError, first_line, load_checkpoint, resolve_checkpoint, torch_save
 
 
-def export_policy(path: str | Path, policy_weights: dict, spec: EnvSpec, cfg: PolicyConfig) -> Path:
-    """A self-describing policy file: `load_policy(path).act(obs)` gives actions."""
+def export_policy(path: str | Path, policy_weights: dict, spec: EnvSpec, cfg: PolicyConfig,
+                  evaluation: tuple[int, float] | None = None) -> Path:
+    """A self-describing policy file: `load_policy(path).act(obs)` gives actions.
+
+    `evaluation`: the (env step, return) the run's evaluation gave these weights, kept in the file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -25,6 +29,8 @@ def export_policy(path: str | Path, policy_weights: dict, spec: EnvSpec, cfg: Po
         "hidden_size": cfg.hidden_size,
         "state_dict": policy_weights,
     }
+    if evaluation is not None:
+        payload["eval_step"], payload["eval_return"] = int(evaluation[0]), float(evaluation[1])
     return torch_save(payload, path)
 
 
@@ -53,6 +59,12 @@ def load_policy(path: str | Path) -> TanhGaussianPolicy:
     return policy.eval()
 
 
+def exported_evaluation(path: str | Path) -> tuple[int, float] | tuple[None, None]:
+    """The (env step, return) of the evaluation an exported policy scored; (None, None) if it holds none."""
+    payload = torch.load(Path(path), weights_only=True, map_location="cpu")
+    return payload.get("eval_step"), payload.get("eval_return")
+
+
 def learning_curve_png(path: Path, evaluations, episodes, title: str) -> Path:
     import matplotlib
 
@@ -79,8 +91,10 @@ def learning_curve_png(path: Path, evaluations, episodes, title: str) -> Path:
 
 POLICY_README = """# The trained policy
 
-`policy.pt` holds the policy's weights and the sizes it was built with
-(environment `{env_id}`). Load it and act:
+`policy.pt` holds the weights of the policy that scored the run's best evaluation
+({eval_return:.1f} at env step {eval_step}) and the sizes it was built with
+(environment `{env_id}`); the checkpoint holds the policy as it was when the run ended.
+Load it and act:
 
 ```python
 import gymnasium as gym

@@ -22,7 +22,8 @@ def _print_summary(summary: dict) -> None:
     if summary.get("policy_versions_used") is not None:
         print(f"workers acted with {summary['policy_versions_used']} policy versions; devices {summary.get('devices')}")
     print(f"wall-clock    {summary['wall_s']:.0f} s")
-    print(f"policy        {summary['policy_file']}  (umpo evaluate {summary['policy_file']})")
+    step, ret = summary["policy_evaluation"]
+    print(f"policy        {summary['policy_file']}  (scored {ret:.1f} at step {step}; umpo evaluate {summary['policy_file']})")
     print(f"checkpoint    {summary['checkpoint']}")
 
 

@@ -16,7 +16,7 @@ from umpo_dist import config as config_mod
 from umpo_dist.config import Config, ConfigError
 from umpo_dist.devices import set_threads
 from umpo_dist.envs.spec import EnvSpec, env_spec
-from umpo_dist.ops.artifacts import POLICY_README, export_policy, learning_curve_png
+from umpo_dist.ops.artifacts import POLICY_README, export_policy, exported_evaluation, learning_curve_png
 from umpo_dist.ops.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 from umpo_dist.ops.progress import Progress
 from umpo_dist.ops.tracking import Tracker
@@ -94,6 +94,14 @@ def train(
         log.info("resumed run %s at %d env steps", tracker.run_id, s.env_steps)
 
     newest_policy: dict = {}
+    policy_path = run_dir / "policy.pt"
+
+    def export_best(weights: dict, step: int, ret: float) -> None:
+        # Written when an evaluation beats all earlier ones (of this run, resumes included), so the
+        # exported policy is the one that scored the best return, not whatever the learner held last.
+        export_policy(policy_path, weights, spec, cfg.policy, (step, ret))
+
+    runner.on_best = export_best
 
     def checkpoint(r) -> Path:
         state = r.state()
@@ -122,15 +130,21 @@ def train(
     if bar:
         bar.close()
     final = checkpoint(runner)
-    policy_file = export_policy(run_dir / "policy.pt", newest_policy["weights"], spec, cfg.policy)
+    if not policy_path.exists() or exported_evaluation(policy_path)[0] is None:
+        # resumed from a run whose policy file is gone (or predates evaluations in the file), none better since
+        export_policy(policy_path, newest_policy["weights"], spec, cfg.policy, s.evaluations[-1])
+    policy_file = policy_path
+    best_step, best_return = exported_evaluation(policy_path)
     curve = learning_curve_png(run_dir / "learning_curve.png", s.evaluations, s.episodes, cfg.env.id)
     summary_metrics = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
     tracker.log(summary_metrics, s.env_steps)
     tracker.log_artifact(final, "checkpoint")
     tracker.log_artifact(policy_file, "policy")
-    tracker.log_text(POLICY_README.format(env_id=spec.env_id), "policy/README.md")
+    tracker.log_text(POLICY_README.format(env_id=spec.env_id, eval_step=best_step, eval_return=best_return),
+                     "policy/README.md")
     tracker.log_artifact(curve)
     tracker.end("FINISHED")
     summary.update({"run_id": tracker.run_id, "run_dir": str(run_dir), "checkpoint": str(final),
-                    "policy_file": str(policy_file), "tracking_uri": tracker.uri})
+                    "policy_file": str(policy_file), "policy_evaluation": (best_step, best_return),
+                    "tracking_uri": tracker.uri})
     return summary

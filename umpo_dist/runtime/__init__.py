@@ -1,8 +1,8 @@
 """Runtimes: the inline runner (one process) and the Ray driver, over one shared `Schedule`.
 
 Both are runners: `run(checkpoint, progress)`, `state()`/`load_state(...)`, `drain()`,
-`checkpoint_written(replay_total)`, `request_stop()`, `callbacks` and a `schedule` holding the
-counters, evaluations and episodes. `make_runner` picks one by `cfg.runtime`.
+`checkpoint_written(replay_total)`, `request_stop()`, `callbacks`, `on_best` and a `schedule`
+holding the counters, evaluations and episodes. `make_runner` picks one by `cfg.runtime`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.runtime.schedule import Schedule
 
 LogFn = Callable[[dict, int], None]
+BestFn = Callable[[dict, int, float], None]  # (policy weights, env step, evaluation return)
 
 
 class Runner(Protocol):
     schedule: Schedule
     devices: dict[str, str]  # role -> the torch device it computes on
     callbacks: list[Callable[["Runner"], None]]  # called with the runner once per scheduling round
+    on_best: BestFn | None  # called with the evaluated policy whenever an evaluation beats all earlier ones
 
     def run(self, checkpoint: Callable[["Runner"], object] | None = None, progress=None) -> dict: ...
 

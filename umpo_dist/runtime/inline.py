@@ -40,6 +40,7 @@ class InlineRunner:
         self.schedule = Schedule(cfg.train)
         self.devices = {"model_learner": "cpu", "policy_learner": "cpu"}
         self.callbacks: list[Callable[["InlineRunner"], None]] = []  # called once per round
+        self.on_best = None  # (weights, step, return) of each evaluation that beats the earlier ones
 
     def state(self) -> dict:
         """The same checkpoint contents as the distributed driver's."""
@@ -68,7 +69,8 @@ class InlineRunner:
             self.objective.policy, self.cfg.env.id, self.cfg.env.eval_episodes, 10_000 + self.cfg.train.seed,
             self.cfg.env.max_episode_steps,
         )
-        self.schedule.record_evaluation(step, result["return_mean"])
+        if self.schedule.record_evaluation(step, result["return_mean"]) and self.on_best:
+            self.on_best(self.objective.policy.state_dict(), step, result["return_mean"])
         self.log({"eval/return": result["return_mean"], "eval/return_std": result["return_std"]}, step)
         return result["return_mean"]
 

@@ -24,6 +24,7 @@ class Call:
     kind: str  # "worker", "model", "policy" or "eval"
     index: int = 0  # which env worker; for "eval", the env step the evaluated policy belongs to
     steps: int = 0  # env steps asked of a worker
+    weights: dict | None = None  # for "eval", the policy weights being evaluated
 
 
 @dataclass
@@ -103,11 +104,14 @@ class Schedule:
         self.next_eval = (self.env_steps // self.cfg.eval_every + 1) * self.cfg.eval_every
         return self.env_steps
 
-    def record_evaluation(self, step: int, ret: float) -> None:
+    def record_evaluation(self, step: int, ret: float) -> bool:
+        """Record an evaluation; True if it beats every earlier one of the run (its policy is the one to export)."""
+        best = all(ret > r for _, r in self.evaluations)
         self.evaluations.append((step, ret))
         stop_at = self.cfg.stop_at_return
         if stop_at is not None and ret >= stop_at and self.reached_at is None:
             self.reached_at = step
+        return best
 
     def final_eval_needed(self) -> bool:
         return not self.evaluations or self.evaluations[-1][0] != self.env_steps

@@ -80,6 +80,7 @@ class Driver:
         self.failures: Counter = Counter()  # actor deaths seen, by role
         self.recoveries: Counter = Counter()  # restarted actors that came back and reported, by role
         self.callbacks: list[Callable[["Driver"], None]] = []  # called once per scheduling round
+        self.on_best = None  # (weights, step, return) of each evaluation that beats the earlier ones
         # Transitions the replay acknowledged: the run's env-step count (resumed runs included).
         self.schedule.env_steps = ray.get(self.replay.stats.remote())["total_inserted"]
 
@@ -136,7 +137,8 @@ class Driver:
                 self._schedule_learners()
                 if s.eval_due() and not self._calls("eval"):
                     step = s.eval_started()
-                    self._inflight[self._submit_eval(self.latest_policy_weights())] = Call("eval", step)
+                    ref, weights = self._submit_eval(self.latest_policy_weights())
+                    self._inflight[ref] = Call("eval", step, weights=weights)
             if not any(call.kind != "eval" for call in self._inflight.values()):
                 if drain:
                     if checkpoint:
@@ -157,7 +159,7 @@ class Driver:
 
         self.drain()
         if s.final_eval_needed():
-            self._finish_eval(self._submit_eval(self.latest_policy_weights()), s.env_steps)
+            self._finish_eval(*self._submit_eval(self.latest_policy_weights()), s.env_steps)
         self._report(progress, force=True)
         return {
             **s.summary(time.monotonic() - start),
@@ -216,7 +218,7 @@ class Driver:
         s = self.schedule
         kind, index = call.kind, call.index
         if kind == "eval":
-            self._finish_eval(ref, index)
+            self._finish_eval(ref, call.weights, index)
             return
         role = f"{kind}_{index}" if kind == "worker" else f"{kind}_learner"
         try:
@@ -286,13 +288,15 @@ class Driver:
         self._staleness = defaultdict(list)
         self._window = (now, s.env_steps, s.model_updates, s.policy_updates)
 
-    def _submit_eval(self, weights: dict | None):
+    def _submit_eval(self, weights: dict | None) -> tuple:
+        """Start evaluating `weights`; returns the result's ref and the weights evaluated."""
         if weights is None:  # before the first publication: the initial policy the learner starts from
             weights = call_with_retry(lambda: self.policy_learner.state.remote(), "policy learner state")["policy"]
-        return _evaluate.remote(weights, self.spec, self.cfg, 10_000 + self.cfg.train.seed)
+        return _evaluate.remote(weights, self.spec, self.cfg, 10_000 + self.cfg.train.seed), weights
 
-    def _finish_eval(self, ref, step: int) -> float:
+    def _finish_eval(self, ref, weights: dict, step: int) -> float:
         result = ray.get(ref)
-        self.schedule.record_evaluation(step, result["return_mean"])
+        if self.schedule.record_evaluation(step, result["return_mean"]) and self.on_best:
+            self.on_best(weights, step, result["return_mean"])
         self.log({"eval/return": result["return_mean"], "eval/return_std": result["return_std"]}, step)
         return result["return_mean"]
