@@ -29,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "learning.csv"
-COLUMNS = ["env", "runtime", "variant", "seed", "env_steps", "eval_return", "wall_s", "commit", "termination", "command"]
+COLUMNS = ["env", "runtime", "variant", "seed", "env_steps", "eval_return", "wall_s", "commit", "termination", "command",
+           "gap_share", "calibration_error"]  # the model diagnostics at that evaluation (empty: none computed)
 TASKS = ("inverted_pendulum", "halfcheetah", "hopper", "walker2d")
 
 # Named sets of overrides over a task's config file: the ablations of the learning path.
@@ -104,6 +105,15 @@ def run_seed(task: str, runtime: str, overrides: list[str], seed: int, cap_s: fl
 def append_rows(rows: list[dict]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     new = not RESULTS.exists()
+    if not new:
+        with open(RESULTS, newline="") as fh:
+            reader = csv.DictReader(fh)
+            old_rows, header = list(reader), reader.fieldnames
+        if header != COLUMNS:  # rows from before a column was added: rewrite them with it empty
+            with open(RESULTS, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="")
+                writer.writeheader()
+                writer.writerows(old_rows)
     with open(RESULTS, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         if new:
@@ -129,6 +139,8 @@ def main() -> None:
 
     import torch
 
+    from umpo_dist.ops.checkpoint import load_checkpoint
+
     torch.set_num_threads(args.threads)
     overrides = VARIANTS[args.variant] + [f"train.total_env_steps={args.steps}"] + args.overrides
     name = args.name or (args.variant + ("+" + ",".join(args.overrides) if args.overrides else ""))
@@ -145,16 +157,20 @@ def main() -> None:
                 "--seeds", str(seed), "--steps", str(args.steps), "--variant", args.variant,
                 *[x for o in args.overrides for x in ("--set", o)],
             ])
+            diag = {d["step"]: d for d in load_checkpoint(s["checkpoint"])["counters"].get("diagnostics", [])}
             rows = [{"env": cfg.env.id, "runtime": args.runtime, "variant": name, "seed": seed, "env_steps": step,
                      "eval_return": f"{ret:.1f}", "wall_s": f"{wall:.1f}", "commit": commit,
-                     "termination": termination_rule(cfg), "command": command}
+                     "termination": termination_rule(cfg), "command": command,
+                     **{k: f"{diag[step][k]:.4f}" if k in diag.get(step, {}) else "" for k in COLUMNS[-2:]}}
                     for (step, ret), wall in zip(s["evaluations"], out["walls"])]
             if not args.no_csv:
                 append_rows(rows)
             finals.append(s["final_return"])
             print(f"{cfg.env.id} {args.runtime} {name} seed {seed}: final {s['final_return']:.1f}, best "
                   f"{s['best_return']:.1f}, {s['env_steps']:,} env steps in {s['wall_s']:.0f} s; "
-                  f"{s['model_updates']:,} model / {s['policy_updates']:,} policy updates", flush=True)
+                  f"{s['model_updates']:,} model / {s['policy_updates']:,} policy updates; model diagnostics "
+                  f"{100 * (s['diagnostics_share'] or 0):.2f}% of the wall-clock, warnings at {s['model_warnings']}",
+                  flush=True)
     if len(finals) > 1:
         print(f"final return over seeds {args.seeds}: {statistics.fmean(finals):.1f} ± {statistics.stdev(finals):.1f}")
 

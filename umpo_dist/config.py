@@ -93,6 +93,21 @@ class MeanVarianceConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Model diagnostics at every evaluation (`umpo_dist.diagnostics`): one-step calibration on the
+    evaluation episodes' transitions, and the return the model imagines against the real one."""
+
+    enabled: bool = True  # compute them (in the evaluation, off the learners' path)
+    horizon: int | None = ranged(None, 1, 1000)  # imagined steps compared with the real ones (null: policy.horizon)
+    start_every: int = ranged(10, 1)  # evaluation-episode steps between the comparison's start states
+    max_starts: int = ranged(200, 1)  # start states per evaluation, at most
+    max_transitions: int = ranged(2000, 1)  # evaluation transitions the calibration uses, at most (evenly spread)
+    calibration_bins: int = ranged(10, 2)  # equal-count bins of predicted variance
+    warn_margin: float = ranged(0.5, 0, open_low=True)  # warn when the imagined return exceeds the real by this share
+    warn_after: int = ranged(3, 1)  # ... at this many evaluations in a row
+
+
+@dataclass
 class TrainConfig:
     total_env_steps: int = ranged(20_000, 1)  # environment-step budget of the run
     random_steps: int = ranged(500, 0)  # initial steps with uniformly random actions
@@ -134,6 +149,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     mean_variance: MeanVarianceConfig = field(default_factory=MeanVarianceConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

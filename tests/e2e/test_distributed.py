@@ -68,7 +68,10 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
     for key in ("episode/return", "eval/return", "model/train_nll", "model/val_nll", "model/val_mse",
                 "policy/epistemic", "policy/objective", "policy/return_mean", "policy/return_std",
                 "policy/value_loss", "policy/entropy", "rate/env_steps_per_s", "rate/model_updates_per_s",
-                "rate/policy_updates_per_s", "staleness/policy_versions", "staleness/model_versions"):
+                "rate/policy_updates_per_s", "staleness/policy_versions", "staleness/model_versions",
+                # the model diagnostics, computed in the evaluation task from the published model
+                "diagnostics/calibration_error", "diagnostics/spread_error_corr", "diagnostics/gap_share",
+                "diagnostics/imagined_return", "diagnostics/real_return", "diagnostics/member_spread"):
         assert key in run.data.metrics, key
     evals = client.get_metric_history(run.info.run_id, "eval/return")
     assert max(m.value for m in evals) >= 900
@@ -76,7 +79,7 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
         assert tag in run.data.tags
     assert run.data.tags["device"] == device
     artifacts = artifact_paths(client, run.info.run_id)
-    for path in ("config.yaml", "learning_curve.png", "policy/policy.pt", "policy/README.md",
+    for path in ("config.yaml", "learning_curve.png", "model_diagnostics.png", "policy/policy.pt", "policy/README.md",
                  "checkpoint/manifest.json", "checkpoint/replay.npz"):
         assert path in artifacts, artifacts
 

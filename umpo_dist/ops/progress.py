@@ -34,6 +34,11 @@ class Progress:
             self.stream.write(f"[umpo] {text}\n")
         self.stream.flush()
 
+    def note(self, text: str) -> None:
+        """A line of its own that stays on screen (a warning), without breaking the bar."""
+        self.stream.write(("\r\033[K" if self.tty else "") + f"[umpo] {text}\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")

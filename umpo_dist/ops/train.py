@@ -15,6 +15,7 @@ from pathlib import Path
 from umpo_dist import config as config_mod
 from umpo_dist.config import Config, ConfigError
 from umpo_dist.devices import set_threads
+from umpo_dist.diagnostics.plots import model_diagnostics_png
 from umpo_dist.envs.spec import EnvSpec, env_spec
 from umpo_dist.ops.artifacts import POLICY_README, export_policy, exported_evaluation, learning_curve_png
 from umpo_dist.ops.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
@@ -102,6 +103,15 @@ def train(
         export_policy(policy_path, weights, spec, cfg.policy, (step, ret))
 
     runner.on_best = export_best
+    bar = Progress(cfg.train.total_env_steps) if progress else None
+
+    def warn(step: int, text: str) -> None:
+        # logged by the runtime already; here the user's screen and the MLflow run get it too
+        if bar:
+            bar.note(f"WARNING at env step {step}: {text}")
+        tracker.set_tags({"umpo.warning.model_exploitation": f"env step {step}: {text}"[:5000]})
+
+    runner.on_warning = warn
 
     def checkpoint(r) -> Path:
         state = r.state()
@@ -112,7 +122,6 @@ def train(
         tracker.log({"checkpoint/env_steps": s.env_steps}, s.env_steps)
         return path
 
-    bar = Progress(cfg.train.total_env_steps) if progress else None
     try:
         summary = runner.run(checkpoint=checkpoint, progress=bar)
     except KeyboardInterrupt:
@@ -136,6 +145,9 @@ def train(
     policy_file = policy_path
     best_step, best_return = exported_evaluation(policy_path)
     curve = learning_curve_png(run_dir / "learning_curve.png", s.evaluations, s.episodes, cfg.env.id)
+    if s.diagnostics:
+        tracker.log_artifact(model_diagnostics_png(run_dir / "model_diagnostics.png", s.diagnostics,
+                                                   s.calibration_curve, cfg.env.id))
     summary_metrics = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
     tracker.log(summary_metrics, s.env_steps)
     tracker.log_artifact(final, "checkpoint")

@@ -16,10 +16,11 @@ import torch
 from umpo_dist.config import Config
 from umpo_dist.data.replay import ReplayBuffer
 from umpo_dist.envs.collector import EnvCollector
-from umpo_dist.envs.evaluation import evaluate_policy
 from umpo_dist.envs.spec import env_spec
 from umpo_dist.models.model_learner import ModelLearner
 from umpo_dist.objectives import build_objective
+from umpo_dist.diagnostics.watch import ExploitationWatch
+from umpo_dist.runtime.evaluation_round import evaluation_round, record_round
 from umpo_dist.runtime.schedule import Schedule
 
 LogFn = Callable[[dict, int], None]
@@ -37,10 +38,11 @@ class InlineRunner:
         self.model_learner = ModelLearner(cfg.model, spec.obs_dim, spec.action_dim, "cpu", seed)
         self.objective = build_objective(cfg, spec, "cpu")
         self.collector = EnvCollector(cfg.env.id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
-        self.schedule = Schedule(cfg.train)
+        self.schedule = Schedule(cfg.train, watch=ExploitationWatch(cfg.diagnostics.warn_margin, cfg.diagnostics.warn_after))
         self.devices = {"model_learner": "cpu", "policy_learner": "cpu"}
         self.callbacks: list[Callable[["InlineRunner"], None]] = []  # called once per round
         self.on_best = None  # (weights, step, return) of each evaluation that beats the earlier ones
+        self.on_warning = None  # (step, text) of each model-exploitation warning
 
     def state(self) -> dict:
         """The same checkpoint contents as the distributed driver's."""
@@ -65,13 +67,10 @@ class InlineRunner:
 
     def evaluate(self) -> float:
         step = self.schedule.eval_started()
-        result = evaluate_policy(
-            self.objective.policy, self.cfg.env.id, self.cfg.env.eval_episodes, 10_000 + self.cfg.train.seed,
-            self.cfg.env.max_episode_steps,
-        )
-        if self.schedule.record_evaluation(step, result["return_mean"]) and self.on_best:
-            self.on_best(self.objective.policy.state_dict(), step, result["return_mean"])
-        self.log({"eval/return": result["return_mean"], "eval/return_std": result["return_std"]}, step)
+        model = self.model_learner.model if self.model_learner.updates > 0 else None  # an untrained model says nothing
+        policy = self.objective.policy
+        result = evaluation_round(policy, model, self.cfg, 10_000 + self.cfg.train.seed)
+        record_round(self, step, result, policy.state_dict())
         return result["return_mean"]
 
     def _train_model(self) -> dict:

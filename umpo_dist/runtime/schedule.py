@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from umpo_dist.config import TrainConfig
 from umpo_dist.data.rate_limiter import RateLimiter
+from umpo_dist.diagnostics.watch import ExploitationWatch
 
 EPISODES_KEPT = 10_000  # training-episode returns kept for the learning curve and checkpoints
 
@@ -36,9 +37,11 @@ class Chunk:
 
 
 class Schedule:
-    def __init__(self, cfg: TrainConfig, tolerance: int = 0):
-        """`tolerance`: env steps the collection may run ahead of what the learners have consumed."""
+    def __init__(self, cfg: TrainConfig, tolerance: int = 0, watch: ExploitationWatch | None = None):
+        """`tolerance`: env steps the collection may run ahead of what the learners have consumed;
+        `watch`: the model-exploitation warning's rule (none: never warns)."""
         self.cfg = cfg
+        self.watch = watch
         self.tolerance = tolerance
         self.model_limiter = RateLimiter(cfg.model_updates_per_step, cfg.random_steps, cfg.model_warmup_updates, tolerance)
         self.policy_limiter = RateLimiter(cfg.policy_updates_per_step, cfg.random_steps, 0, tolerance)
@@ -49,6 +52,9 @@ class Schedule:
         self.episodes: list[tuple[int, float]] = []
         self.next_eval = 0
         self.next_checkpoint = cfg.checkpoint_every or None
+        self.diagnostics: list[dict] = []  # per evaluation with diagnostics: env step and scalar figures
+        self.calibration_curve: list = []  # the newest evaluation's (RMV, RMSE, count) bins
+        self.diagnostics_s = 0.0  # seconds the diagnostics took in this process's part of the run
         self.reached_at: int | None = None  # env step of the first evaluation that met `stop_at_return`
         self.stop_requested = False
 
@@ -113,6 +119,17 @@ class Schedule:
             self.reached_at = step
         return best
 
+    def record_diagnostics(self, step: int, diag: dict) -> str | None:
+        """Keep an evaluation's model diagnostics; the warning's text if the watch fires on them.
+
+        The watch counts evaluations only once the policy learns through the model (after warm-up)."""
+        self.diagnostics.append({"step": step, **{k: v for k, v in diag.items() if isinstance(v, (int, float))}})
+        self.calibration_curve = [list(b) for b in diag.get("curve", [])]
+        self.diagnostics_s += diag.get("seconds", 0.0)
+        if self.watch is None or not self.warmed_up or "gap_share" not in diag:
+            return None
+        return self.watch.record(step, diag)
+
     def final_eval_needed(self) -> bool:
         return not self.evaluations or self.evaluations[-1][0] != self.env_steps
 
@@ -148,6 +165,9 @@ class Schedule:
             "evaluations": self.evaluations,
             "episodes": self.episodes[-EPISODES_KEPT:],
             "next_eval": self.next_eval,
+            "diagnostics": self.diagnostics,
+            "calibration_curve": self.calibration_curve,
+            "watch": self.watch.state() if self.watch else {},
         }
 
     def load_counters(self, counters: dict) -> None:
@@ -157,6 +177,10 @@ class Schedule:
         self.evaluations = [tuple(e) for e in counters.get("evaluations", [])]
         self.episodes = [tuple(e) for e in counters.get("episodes", [])]
         self.next_eval = int(counters.get("next_eval", self.env_steps))
+        self.diagnostics = [dict(d) for d in counters.get("diagnostics", [])]
+        self.calibration_curve = [list(b) for b in counters.get("calibration_curve", [])]
+        if self.watch:
+            self.watch.load_state(counters.get("watch", {}))
         self.checkpoint_written()
 
     def summary(self, wall_s: float) -> dict:
@@ -172,4 +196,7 @@ class Schedule:
             "model_ratio": self.model_limiter.achieved(self.env_steps, self.model_updates),
             "policy_ratio": self.policy_limiter.achieved(self.env_steps, self.policy_updates),
             "wall_s": wall_s,
+            # seconds the model diagnostics took, as a share of the wall-clock (their cost)
+            "diagnostics_share": self.diagnostics_s / wall_s if wall_s > 0 else None,
+            "model_warnings": list(self.watch.fired_at) if self.watch else [],
         }

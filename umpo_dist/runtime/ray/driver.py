@@ -18,8 +18,9 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from umpo_dist.config import Config
-from umpo_dist.envs.evaluation import evaluate_policy
+from umpo_dist.diagnostics.watch import ExploitationWatch
 from umpo_dist.envs.spec import EnvSpec
+from umpo_dist.models.ensemble import build_ensemble
 from umpo_dist.models.policy import build_policy
 from umpo_dist.runtime.ray.cluster import learner_gpus
 from umpo_dist.runtime.ray.env_worker import EnvWorker
@@ -27,6 +28,7 @@ from umpo_dist.runtime.ray.learners import ModelLearnerActor, PolicyLearnerActor
 from umpo_dist.runtime.ray.replay_actor import ReplayActor
 from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry
 from umpo_dist.runtime.ray.weights import WeightStoreActor
+from umpo_dist.runtime.evaluation_round import evaluation_round, record_round
 from umpo_dist.runtime.schedule import Call, Schedule
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,16 @@ RESTART_COOLDOWN_S = 1.0  # pause before calling an actor again after a failed c
 
 
 @ray.remote(num_cpus=0)
-def _evaluate(policy_weights: dict, spec: EnvSpec, cfg: Config, seed: int) -> dict:
+def _evaluate(policy_weights: dict, model_weights: dict | None, spec: EnvSpec, cfg: Config, seed: int) -> dict:
+    """An evaluation round in a task of its own, off the learners' path; the model's diagnostics too
+    once the model learner has published weights."""
     policy = build_policy(spec, cfg.policy)
     policy.load_state_dict(policy_weights)
-    return evaluate_policy(policy, spec.env_id, cfg.env.eval_episodes, seed, cfg.env.max_episode_steps)
+    model = None
+    if model_weights is not None:
+        model = build_ensemble(spec, cfg.model).requires_grad_(False)
+        model.load_state_dict(model_weights)
+    return evaluation_round(policy, model, cfg, seed)
 
 
 class Driver:
@@ -66,7 +74,8 @@ class Driver:
             EnvWorker.options(num_cpus=r.worker_cpus, scheduling_strategy="SPREAD").remote(cfg, spec, i, self.replay, self.store)
             for i in range(r.num_env_workers)
         ]
-        self.schedule = Schedule(t, r.ratio_tolerance)
+        self.schedule = Schedule(t, r.ratio_tolerance,
+                                 ExploitationWatch(cfg.diagnostics.warn_margin, cfg.diagnostics.warn_after))
         self.devices = {
             "model_learner": ray.get(self.model_learner.device_name.remote()),
             "policy_learner": ray.get(self.policy_learner.device_name.remote()),
@@ -81,6 +90,7 @@ class Driver:
         self.recoveries: Counter = Counter()  # restarted actors that came back and reported, by role
         self.callbacks: list[Callable[["Driver"], None]] = []  # called once per scheduling round
         self.on_best = None  # (weights, step, return) of each evaluation that beats the earlier ones
+        self.on_warning = None  # (step, text) of each model-exploitation warning
         # Transitions the replay acknowledged: the run's env-step count (resumed runs included).
         self.schedule.env_steps = ray.get(self.replay.stats.remote())["total_inserted"]
 
@@ -110,7 +120,10 @@ class Driver:
 
     def latest_policy_weights(self) -> dict | None:
         """The newest published policy, or None if there is none (yet, or since the store restarted)."""
-        held = call_with_retry(lambda: self.store.latest.remote("policy", -1), "reading policy weights")
+        return self._latest_weights("policy")
+
+    def _latest_weights(self, kind: str) -> dict | None:
+        held = call_with_retry(lambda: self.store.latest.remote(kind, -1), f"reading {kind} weights")
         try:
             return ray.get(held[1][0]) if held else None
         except ACTOR_ERRORS:  # the store died after answering: its objects went with it
@@ -292,11 +305,10 @@ class Driver:
         """Start evaluating `weights`; returns the result's ref and the weights evaluated."""
         if weights is None:  # before the first publication: the initial policy the learner starts from
             weights = call_with_retry(lambda: self.policy_learner.state.remote(), "policy learner state")["policy"]
-        return _evaluate.remote(weights, self.spec, self.cfg, 10_000 + self.cfg.train.seed), weights
+        model = self._latest_weights("model") if self.cfg.diagnostics.enabled else None
+        return _evaluate.remote(weights, model, self.spec, self.cfg, 10_000 + self.cfg.train.seed), weights
 
     def _finish_eval(self, ref, weights: dict, step: int) -> float:
         result = ray.get(ref)
-        if self.schedule.record_evaluation(step, result["return_mean"]) and self.on_best:
-            self.on_best(weights, step, result["return_mean"])
-        self.log({"eval/return": result["return_mean"], "eval/return_std": result["return_std"]}, step)
+        record_round(self, step, result, weights)
         return result["return_mean"]
