@@ -33,6 +33,18 @@ def test_env_spec():
     assert spec.action_low == (-3.0,) and spec.action_high == (3.0,)
 
 
+def test_an_env_the_networks_cannot_take_is_a_config_error_naming_env_id(workdir):
+    from umpo_dist.config import ConfigError, from_dict
+    from umpo_dist.ops.train import train
+
+    with pytest.raises(ConfigError, match=r"config key 'env.id' = 'CartPole-v1': .*continuous.*Discrete\(2\)"):
+        env_spec("CartPole-v1")
+    # through a run: refused before anything starts (no run directory, no MLflow run)
+    with pytest.raises(ConfigError, match="'env.id' = 'CartPole-v1'"):
+        train(from_dict({}, ["runtime=inline", "env.id=CartPole-v1"]), progress=False)
+    assert not (workdir / "runs").exists()
+
+
 @pytest.mark.parametrize("num_envs", [1, 3])
 def test_collect_random_actions(num_envs):
     col = EnvCollector(ENV_ID, num_envs=num_envs, seed=0, max_episode_steps=6)
