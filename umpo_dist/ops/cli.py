@@ -31,7 +31,12 @@ def cmd_train(args) -> int:
     from umpo_dist import config
     from umpo_dist.ops.train import train
 
+    from umpo_dist.ops.tracking import tracking_uri
+
     cfg = config.load(args.config, args.set) if args.config else None
+    uri = tracking_uri()
+    ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    print(f"[umpo] MLflow: {ui}", file=sys.stderr, flush=True)
     summary = train(cfg, address=args.address, resume=args.resume, overrides=args.set, progress=not args.no_progress)
     _print_summary(summary)
     return 0

@@ -25,10 +25,10 @@ def init_ray(cfg: Config, address: str | None = None) -> None:
     cores = os.cpu_count() or 1
     if needed > cores:
         log.warning("the run asks for %.1f CPUs and this machine has %d: actors will share cores", needed, cores)
-    # A local run binds the dashboard to loopback only.
+    # A local run starts the dashboard bound to loopback only (Ray prints its address).
     # address="local": a new cluster of our own, even if another one runs on this machine.
     ray.init(address="local", num_cpus=max(cores, int(needed + 0.999)), dashboard_host="127.0.0.1",
-             include_dashboard=False)
+             include_dashboard=True)
 
 
 def learner_gpus(setting: str) -> float:
