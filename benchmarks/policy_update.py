@@ -1,0 +1,119 @@
+"""The critical path: what one policy update costs, against the arithmetic it needs and this CPU's matmul rate.
+
+On a CPU every run waits for the policy update (design: ratios, not speed). This
+measures, for a task's config (the learner's sizes, horizon, start states):
+
+- ms per update of the `mean_variance` objective (imagined rollout through the
+  ensemble, backward through it, the value step, the temperature step), after a few
+  warm-up updates, median over repetitions;
+- the floating-point work of one update as PyTorch's own `FlopCounterMode` counts it
+  (matmuls forward and backward; elementwise work is not counted);
+- the machine's matmul rate, measured in the same run: one (E·B, width) × (width, width)
+  batched matmul shaped like the model's hidden layers, and a large square one.
+
+The ratio achieved GFLOP/s ÷ matmul GFLOP/s says how much of the update is arithmetic
+and how much is overhead (Python, small ops, allocations). A row per figure goes to
+`benchmarks/results/runtime.csv`.
+
+    .venv/bin/python benchmarks/policy_update.py --env halfcheetah --variant aligned [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from learning import TASKS, VARIANTS, git_commit  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "runtime.csv"
+COLUMNS = ["benchmark", "figure", "value", "baseline", "ratio", "commit"]
+
+
+def matmul_gflops(shape_a: tuple, shape_b: tuple, reps: int) -> float:
+    a, b = torch.randn(*shape_a), torch.randn(*shape_b)
+    batched = a.dim() == 3
+    op = torch.bmm if batched else torch.mm
+    for _ in range(3):
+        op(a, b)
+    flops = 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if batched else 1)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        op(a, b)
+        times.append(time.perf_counter() - t)
+    return flops / statistics.median(times) / 1e9
+
+
+def append(rows: list[dict]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    new = not RESULTS.exists()
+    with open(RESULTS, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", choices=TASKS, default="halfcheetah")
+    p.add_argument("--variant", default="shipped", help=f"named overrides: {', '.join(VARIANTS)}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reps", type=int, default=40)
+    p.add_argument("--no-csv", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from umpo_dist.config import load
+    from umpo_dist.envs.spec import env_spec
+    from umpo_dist.objectives import build_objective
+
+    cfg = load(ROOT / "configs" / f"{args.env}.yaml", VARIANTS[args.variant] + args.overrides)
+    spec = env_spec(cfg.env.id)
+    objective = build_objective(cfg, spec, "cpu")
+    rng = np.random.default_rng(0)
+    data = {"start_states": rng.normal(size=(cfg.policy.start_states, spec.obs_dim)).astype(np.float32)}
+    for _ in range(5):
+        objective.update(data)
+    times = []
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        objective.update(data)
+        times.append(time.perf_counter() - t)
+    ms = 1e3 * statistics.median(times)
+    with FlopCounterMode(display=False) as counter:
+        objective.update(data)
+    gflop = counter.get_total_flops() / 1e9
+    achieved = gflop / (ms / 1e3)
+    E, B, width = cfg.model.ensemble_size, cfg.policy.start_states, cfg.model.hidden_size
+    shaped = matmul_gflops((E, B, width), (E, width, width), 200)
+    square = matmul_gflops((1024, 1024), (1024, 1024), 10)
+    name = f"{cfg.env.id} {args.variant}" + (f" {' '.join(args.overrides)}" if args.overrides else "")
+    print(f"{name}: {ms:.1f} ms per policy update ({args.threads} thread(s)), {gflop:.3f} GFLOP counted "
+          f"-> {achieved:.2f} GFLOP/s; matmul rate here: {shaped:.2f} GFLOP/s model-shaped "
+          f"({E}x{B}x{width}), {square:.2f} GFLOP/s 1024²; ratio {achieved / shaped:.2f} of the model-shaped rate")
+    if not args.no_csv:
+        commit = git_commit()
+        bench = f"policy_update ({name}, {args.threads} thread)"
+        append([
+            {"benchmark": bench, "figure": "ms per update", "value": f"{ms:.1f}", "baseline": "", "ratio": "", "commit": commit},
+            {"benchmark": bench, "figure": "GFLOP/s achieved vs model-shaped matmul", "value": f"{achieved:.2f}",
+             "baseline": f"{shaped:.2f}", "ratio": f"{achieved / shaped:.2f}", "commit": commit},
+            {"benchmark": bench, "figure": "GFLOP/s achieved vs 1024² matmul", "value": f"{achieved:.2f}",
+             "baseline": f"{square:.2f}", "ratio": f"{achieved / square:.2f}", "commit": commit},
+        ])
+
+
+if __name__ == "__main__":
+    main()
