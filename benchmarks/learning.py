@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/learning.py --env inverted_pendulum --runtime inline --seeds 0 1
     .venv/bin/python benchmarks/learning.py --env halfcheetah --steps 20000 --seeds 0 1 --variant obs_norm
     .venv/bin/python benchmarks/learning.py --env hopper --runtime ray --steps 20000 --set train.eval_every=2500
+    .venv/bin/python benchmarks/learning.py --env hopper --peer sac --steps 20000   # SB3's SAC: benchmarks/peers.py
 
 Each run goes through `umpo_dist.ops.train.train` — the path `umpo train` takes — with
 the task's committed config file, the variant's overrides and `--set` overrides on top,
@@ -133,9 +134,13 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=0.0, help="wall-clock cap per seed (0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (inline runtime)")
     p.add_argument("--no-csv", action="store_true", help="print only")
+    p.add_argument("--peer", choices=["sac"], default=None,
+                   help="a model-free reference on the same protocol instead (benchmarks/peers.py; the 'peers' extra)")
     args = p.parse_args()
     if args.variant not in VARIANTS:
         p.error(f"--variant must be one of {', '.join(VARIANTS)}")
+    if args.peer and (args.runtime != "inline" or args.variant != "shipped" or args.name):
+        p.error("--peer runs Stable-Baselines3 alone: no --runtime, --variant or --name")
 
     import torch
 
@@ -145,6 +150,10 @@ def main() -> None:
     overrides = VARIANTS[args.variant] + [f"train.total_env_steps={args.steps}"] + args.overrides
     name = args.name or (args.variant + ("+" + ",".join(args.overrides) if args.overrides else ""))
     commit = git_commit()
+    if args.peer:
+        import peers
+
+        return peers.run(args, commit, append_rows)
     with tempfile.TemporaryDirectory(prefix="umpo-learning-") as tmp:
         work = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"

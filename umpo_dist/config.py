@@ -93,6 +93,31 @@ class MeanVarianceConfig:
 
 
 @dataclass
+class MnmConfig:
+    """The `mnm` objective (Mismatched No More): mean_variance on rewards r + w·log(C/(1−C)), where the
+    classifier C(s, a, s′) tells replay transitions (real) from the model's (fake)."""
+
+    classifier_weight: float = ranged(0.1, 0)  # w: weight of the classifier's log-ratio in the imagined rewards
+    log_ratio_clip: float = ranged(10.0, 0, open_low=True)  # the log-ratio is clipped to ± this (a saturated classifier)
+    batch_size: int = ranged(128, 1)  # real transitions per classifier step, and as many model transitions
+    hidden_layers: int = ranged(2, 1)  # hidden layers of the classifier
+    hidden_size: int = ranged(128, 1)  # units per hidden layer of the classifier
+    lr: float = ranged(3e-4, 0, 1, open_low=True)  # Adam learning rate of the classifier (one step per policy update)
+
+
+@dataclass
+class DynaConfig:
+    """The `dyna` objective (MBPO): SAC on real and model transitions; the model only simulates.
+    Networks, learning rates (critics: `policy.value_lr`), γ, τ and the temperature come from `policy`."""
+
+    real_ratio: float = ranged(0.05, 0, 1)  # share of each SAC batch from the replay; the rest from the model buffer
+    batch_size: int = ranged(256, 1)  # transitions per SAC update, real and model together
+    rollout_length: int = ranged(1, 1, 100)  # model steps of each branched rollout
+    rollouts_per_update: int = ranged(64, 1)  # branched rollouts started from replay states at every update
+    model_buffer_size: int = ranged(100_000, 1)  # model transitions kept, oldest dropped first (rebuilt after a resume)
+
+
+@dataclass
 class DiagnosticsConfig:
     """Model diagnostics at every evaluation (`umpo_dist.diagnostics`): one-step calibration on the
     evaluation episodes' transitions, and the return the model imagines against the real one."""
@@ -139,6 +164,7 @@ class TrackingConfig:
     run_name: str | None = None  # MLflow run name (default: env id and seed)
     log_every_s: float = ranged(5.0, 0)  # seconds between metric flushes
     runs_dir: str = "runs"  # local directory for run data and checkpoints
+    register_model: str | None = None  # also register the run's policy model under this name (MLflow registry)
 
 
 @dataclass
@@ -149,6 +175,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     mean_variance: MeanVarianceConfig = field(default_factory=MeanVarianceConfig)
+    mnm: MnmConfig = field(default_factory=MnmConfig)
+    dyna: DynaConfig = field(default_factory=DynaConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)

@@ -94,7 +94,24 @@ POLICY_README = """# The trained policy
 `policy.pt` holds the weights of the policy that scored the run's best evaluation
 ({eval_return:.1f} at env step {eval_step}) and the sizes it was built with
 (environment `{env_id}`); the checkpoint holds the policy as it was when the run ended.
-Load it and act:
+The same file is the run's MLflow model `policy`: a pyfunc model whose signature takes a
+float32 batch of observations `(n, obs_dim)` and returns the deterministic (mean) actions
+`(n, action_dim)`, float32, within the action bounds. Both ways need `umpo-dist` installed.
+
+As an MLflow model (with `MLFLOW_TRACKING_URI` pointing at this run's tracking server):
+
+```python
+import gymnasium as gym
+import mlflow
+import numpy as np
+
+model = mlflow.pyfunc.load_model("runs:/{run_id}/policy")
+env = gym.make("{env_id}")
+obs, _ = env.reset(seed=0)
+action = model.predict(np.asarray(obs, np.float32)[None])[0]
+```
+
+With the file alone:
 
 ```python
 import gymnasium as gym
@@ -108,5 +125,6 @@ action = policy.act(obs[None], deterministic=True)[0]
 
 or run evaluation episodes from the command line:
 `umpo evaluate path/to/policy.pt --episodes 10` (a checkpoint directory works too).
-The file is read with `torch.load(weights_only=True)`.
+Either way the file is read with `torch.load(weights_only=True)`: loading it runs no code
+stored with the run.
 """

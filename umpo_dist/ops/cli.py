@@ -24,6 +24,7 @@ def _print_summary(summary: dict) -> None:
     print(f"wall-clock    {summary['wall_s']:.0f} s")
     step, ret = summary["policy_evaluation"]
     print(f"policy        {summary['policy_file']}  (scored {ret:.1f} at step {step}; umpo evaluate {summary['policy_file']})")
+    print(f"MLflow model  runs:/{summary['run_id']}/policy  (mlflow.pyfunc.load_model)")
     print(f"checkpoint    {summary['checkpoint']}")
 
 

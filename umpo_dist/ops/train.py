@@ -19,6 +19,7 @@ from umpo_dist.diagnostics.plots import model_diagnostics_png
 from umpo_dist.envs.spec import EnvSpec, env_spec
 from umpo_dist.ops.artifacts import POLICY_README, export_policy, exported_evaluation, learning_curve_png
 from umpo_dist.ops.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from umpo_dist.ops.mlflow_model import log_policy_model
 from umpo_dist.ops.progress import Progress
 from umpo_dist.ops.tracking import Tracker
 from umpo_dist.runtime import make_runner
@@ -138,25 +139,35 @@ def train(
         raise
     if bar:
         bar.close()
-    final = checkpoint(runner)
-    if not policy_path.exists() or exported_evaluation(policy_path)[0] is None:
-        # resumed from a run whose policy file is gone (or predates evaluations in the file), none better since
-        export_policy(policy_path, newest_policy["weights"], spec, cfg.policy, s.evaluations[-1])
-    policy_file = policy_path
-    best_step, best_return = exported_evaluation(policy_path)
-    curve = learning_curve_png(run_dir / "learning_curve.png", s.evaluations, s.episodes, cfg.env.id)
-    if s.diagnostics:
-        tracker.log_artifact(model_diagnostics_png(run_dir / "model_diagnostics.png", s.diagnostics,
-                                                   s.calibration_curve, cfg.env.id))
-    summary_metrics = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
-    tracker.log(summary_metrics, s.env_steps)
-    tracker.log_artifact(final, "checkpoint")
-    tracker.log_artifact(policy_file, "policy")
-    tracker.log_text(POLICY_README.format(env_id=spec.env_id, eval_step=best_step, eval_return=best_return),
-                     "policy/README.md")
-    tracker.log_artifact(curve)
+    try:  # what a finished run leaves; a failure here still ends the MLflow run (FAILED), not RUNNING
+        final = checkpoint(runner)
+        if not policy_path.exists() or exported_evaluation(policy_path)[0] is None:
+            # resumed from a run whose policy file is gone (or predates evaluations in the file), none better since
+            export_policy(policy_path, newest_policy["weights"], spec, cfg.policy, s.evaluations[-1])
+        policy_file = policy_path
+        best_step, best_return = exported_evaluation(policy_path)
+        curve = learning_curve_png(run_dir / "learning_curve.png", s.evaluations, s.episodes, cfg.env.id)
+        if s.diagnostics:
+            tracker.log_artifact(model_diagnostics_png(run_dir / "model_diagnostics.png", s.diagnostics,
+                                                       s.calibration_curve, cfg.env.id))
+        summary_metrics = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
+        tracker.log(summary_metrics, s.env_steps)
+        tracker.log_artifact(final, "checkpoint")
+        # The file and its README as run artifacts under `policy/`, beside the MLflow model of the same
+        # name: `runs:/<run id>/policy` resolves to both (MLflow 3 merges a run's artifacts at a path with
+        # the run's logged model of that name).
+        tracker.log_artifact(policy_file, "policy")
+        tracker.log_text(POLICY_README.format(env_id=spec.env_id, eval_step=best_step, eval_return=best_return,
+                                              run_id=tracker.run_id), "policy/README.md")
+        model = log_policy_model(policy_file, tracker.run_id, spec, (best_step, best_return), tracker.uri,
+                                 cfg.tracking.register_model)
+        tracker.log_artifact(curve)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
     tracker.end("FINISHED")
     summary.update({"run_id": tracker.run_id, "run_dir": str(run_dir), "checkpoint": str(final),
                     "policy_file": str(policy_file), "policy_evaluation": (best_step, best_return),
+                    "policy_model_uri": model.model_uri, "policy_registered_version": model.registered_model_version,
                     "tracking_uri": tracker.uri})
     return summary
