@@ -96,7 +96,7 @@ def test_particle_returns_hand_computed():
     continues = torch.tensor([[[0.5], [1.0]], [[1.0], [0.25]]])
     alive = torch.cat([torch.ones(1, E, B), torch.cumprod(continues, 0)])
     states = torch.tensor([0.0, 0.0, 10.0]).view(H + 1, 1, 1, 1).expand(H + 1, E, B, 1) + torch.tensor([[0.0], [1.0]]).view(1, E, 1, 1)
-    ro = Rollout(states, rewards, continues, alive, torch.zeros(H, E, B), torch.zeros(H, B))
+    ro = Rollout(states, torch.zeros(H, E, B, 1), rewards, continues, alive, torch.zeros(H, E, B), torch.zeros(H, B))
     value = lambda s: s.squeeze(-1)  # V(s) = s
     g = 0.9
     got = particle_returns(ro, value, g)

@@ -21,7 +21,7 @@ from umpo_dist.models.ensemble import build_ensemble
 from umpo_dist.models.policy import ValueFunction, build_policy
 from umpo_dist.numerical_guard import NumericalGuard
 from umpo_dist.objectives.base import register_objective
-from umpo_dist.objectives.rollouts import imagine_rollout, lambda_returns, particle_returns
+from umpo_dist.objectives.rollouts import Rollout, imagine_rollout, lambda_returns, particle_returns
 
 
 def mean_variance_objective(returns: torch.Tensor, risk_lambda: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,6 +80,14 @@ class MeanVarianceObjective:
         k = self.cfg.state_clip_sigmas
         return mean - k * std, mean + k * std
 
+    def imagined_rewards(self, rollout: Rollout, data: dict) -> torch.Tensor:
+        """The rewards (H, E, B) the particle returns and the value targets are built from.
+
+        The model's own here; a variant shapes them (`mnm` adds its classifier's log-ratio).
+        `data` is this update's replay answer.
+        """
+        return rollout.rewards
+
     def update(self, data: dict) -> dict[str, float]:
         """One update from `data["start_states"]` (the replay's answer to `self.needs`)."""
         cfg = self.cfg
@@ -88,7 +96,7 @@ class MeanVarianceObjective:
         alpha = self.log_alpha.exp().detach()
 
         rollout = imagine_rollout(self.model, self.policy, start, cfg.horizon, low, high, cfg.mean_rewards)
-        rewards = rollout.rewards
+        rewards = self.imagined_rewards(rollout, data)
         if cfg.entropy_in_return:  # a soft return: the entropy bonus of every step, discounted with its reward
             rewards = rewards - alpha * rollout.log_probs
         returns = particle_returns(rollout, self.value, cfg.gamma, rewards)

@@ -21,6 +21,7 @@ from umpo_dist.models.policy import TanhGaussianPolicy, ValueFunction
 @dataclass
 class Rollout:
     states: torch.Tensor  # (H+1, E, B, obs)
+    actions: torch.Tensor  # (H, E, B, act): the policy's reparameterised actions
     rewards: torch.Tensor  # (H, E, B)
     continues: torch.Tensor  # (H, E, B): probability of not terminating at step t
     alive: torch.Tensor  # (H+1, E, B): probability of being alive before step t
@@ -43,7 +44,7 @@ def imagine_rollout(
     """
     s = start_states.unsqueeze(0).expand(model.ensemble_size, -1, -1)
     alive = torch.ones(s.shape[:2], device=s.device)
-    states, rewards, continues, alives, log_probs, epistemic = [s], [], [], [alive], [], []
+    states, actions, rewards, continues, alives, log_probs, epistemic = [s], [], [], [], [alive], [], []
     for _ in range(horizon):
         action, logp = policy(s)
         s, reward, cont, epi = model.step(s, action, mean_reward=mean_rewards)
@@ -52,13 +53,14 @@ def imagine_rollout(
             s = torch.maximum(torch.minimum(s, state_high), state_low)
         alive = alive * cont
         states.append(s)
+        actions.append(action)
         rewards.append(reward)
         continues.append(cont)
         alives.append(alive)
         log_probs.append(logp)
         epistemic.append(epi.mean(-1))
     return Rollout(
-        torch.stack(states), torch.stack(rewards), torch.stack(continues), torch.stack(alives),
+        torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(continues), torch.stack(alives),
         torch.stack(log_probs), torch.stack(epistemic),
     )
 

@@ -1,0 +1,75 @@
+"""`mnm` and `dyna` train end to end in both runtimes and resume from a checkpoint, through `train`.
+
+Each objective runs in one runtime and is resumed in the other (the checkpoint is the same
+in both), so every objective trains on real Ray actors and inline, and resumes, in two runs.
+Tiny networks and low update ratios: these runs are about the objectives running on the
+shared machinery (replay answers to their `needs`, model weights, publishing, checkpoints),
+not about learning.
+"""
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from test_distributed import FAST, ip_config
+from umpo_dist.ops.checkpoint import load_checkpoint
+from umpo_dist.ops.train import train
+
+pytestmark = pytest.mark.e2e
+
+FIRST, RESUMED, RANDOM, RATIO = 400, 600, 200, 0.2
+RUN = (*FAST, "resources.num_env_workers=1", "resources.worker_cpus=0.5", "resources.learner_cpus=0.5",
+       f"train.total_env_steps={FIRST}", f"train.random_steps={RANDOM}", f"train.policy_updates_per_step={RATIO}",
+       "train.model_warmup_updates=20", "train.checkpoint_every=0", f"train.eval_every={FIRST}",
+       "env.eval_episodes=1", "diagnostics.enabled=false", "tracking.log_every_s=0",
+       "mnm.hidden_size=32", "mnm.batch_size=32", "dyna.batch_size=64", "dyna.rollouts_per_update=16")
+# What each objective logs, and the optimisers whose step counts must follow its updates across a resume.
+OBJECTIVES = {
+    "mnm": (("mnm/classifier_accuracy", "mnm/log_ratio", "policy/objective"), ("actor_opt", "classifier_opt")),
+    "dyna": (("policy/critic_loss", "dyna/model_buffer_size", "dyna/model_reward_mean"), ("actor_opt", "critic_opt")),
+}
+
+
+def optimiser_steps(state: dict, name: str) -> set[int]:
+    return {int(s["step"]) for s in state[name]["state"].values()}
+
+
+def policy_at_start(runner) -> dict:
+    """The policy the runner holds before its first update: inline the objective's, on Ray the one its learner published."""
+    if hasattr(runner, "objective"):  # copied: inline, the weights share storage with the live policy
+        return {name: tensor.clone() for name, tensor in runner.objective.weights().items()}
+    return runner.latest_policy_weights()
+
+
+@pytest.mark.parametrize(("objective", "runtime", "resumed_in"), [("mnm", "ray", "inline"), ("dyna", "inline", "ray")])
+def test_the_objective_trains_in_both_runtimes_and_resumes_from_its_checkpoint(objective, runtime, resumed_in,
+                                                                                local_ray, workdir):
+    metrics, optimisers = OBJECTIVES[objective]
+    cfg = ip_config(*RUN, f"policy.objective={objective}", f"runtime={runtime}")
+    first = train(cfg, progress=False)
+    updates = int(RATIO * (FIRST - RANDOM))
+    assert first["env_steps"] == FIRST and first["policy_updates"] == updates
+    assert [step for step, _ in first["evaluations"]] == [0, FIRST]
+    ckpt = load_checkpoint(first["run_dir"])
+    state = ckpt["policy"]
+    assert state["updates"] == updates
+    for name in optimisers:  # every update stepped the objective's optimisers
+        assert optimiser_steps(state, name) == {updates}, name
+    logged = MlflowClient().get_run(first["run_id"]).data.metrics
+    for key in metrics:
+        assert key in logged, key
+
+    # Resume: the objective comes back with the checkpoint's weights and goes on counting.
+    held = []
+    second = train(None, resume=first["run_id"], overrides=[f"train.total_env_steps={RESUMED}", f"runtime={resumed_in}"],
+                   progress=False, callbacks=[lambda runner: held or held.append(policy_at_start(runner))])
+    for name, tensor in state["policy"].items():
+        assert torch.equal(held[0][name], tensor), name
+    more = int(RATIO * (RESUMED - RANDOM))
+    assert second["run_id"] == first["run_id"] and second["env_steps"] == RESUMED
+    assert second["policy_updates"] == more
+    final = load_checkpoint(second["run_dir"])["policy"]
+    assert final["updates"] == more
+    for name in optimisers:  # continued from the checkpoint's optimiser state, not restarted
+        assert optimiser_steps(final, name) == {more}, name
+    assert any(not torch.equal(final["policy"][k], v) for k, v in state["policy"].items())
