@@ -73,12 +73,23 @@ def finished_run(tmp_path_factory):
     directory, against its MLflow store (a temporary SQLite file)."""
     from umpo_dist.ops.train import train
 
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
     root = tmp_path_factory.mktemp("pyfunc")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        uri = f"sqlite:///{root}/mlflow.db"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
         torch.set_num_threads(1)
+        before = utils._tracking_uri
         summary = train(config.from_dict({}, FAST + ["tracking.register_model=umpo-test-pendulum"]), progress=False)
+        # Logging the model left MLflow's process-wide store as it was: a later run or client in this
+        # process (another test, a notebook cell) still goes where MLFLOW_TRACKING_URI says.
+        assert utils._tracking_uri == before and os.environ["MLFLOW_TRACKING_URI"] == uri
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/other.db")
+        assert mlflow.get_tracking_uri() == f"sqlite:///{root}/other.db"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
         yield summary, root
 
 

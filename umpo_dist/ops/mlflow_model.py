@@ -8,6 +8,8 @@ tensors, it never runs code or unpickles objects stored with the run.
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -64,6 +66,25 @@ def requirements() -> list[str]:
     return [f"umpo-dist=={__version__}", f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
 
 
+@contextmanager
+def _tracking_store(uri: str):
+    """MLflow's fluent API (which model logging goes through) pointed at `uri` for a moment, then
+    exactly as it was: `mlflow.set_tracking_uri` alone would stay set for the rest of the process
+    (and in `MLFLOW_TRACKING_URI`), so a later run or client in the same process would use this store."""
+    from mlflow.tracking._tracking_service import utils
+
+    saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        utils._tracking_uri = saved_uri
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 def log_policy_model(policy_file: str | Path, run_id: str, spec: EnvSpec, evaluation: tuple[int, float],
                      tracking_uri: str, registered_model_name: str | None = None) -> ModelInfo:
     """Log `policy_file` as the run's `policy` model (and register it if a name is given); returns MLflow's `ModelInfo`.
@@ -71,8 +92,13 @@ def log_policy_model(policy_file: str | Path, run_id: str, spec: EnvSpec, evalua
     `evaluation`: the (env step, return) the policy scored; the model is linked to the run's metrics
     at that step and carries both as tags.
     """
+    with _tracking_store(tracking_uri):  # the run's store
+        return _log(policy_file, run_id, spec, evaluation, tracking_uri, registered_model_name)
+
+
+def _log(policy_file, run_id: str, spec: EnvSpec, evaluation: tuple[int, float], tracking_uri: str,
+         registered_model_name: str | None) -> ModelInfo:
     step, ret = evaluation
-    mlflow.set_tracking_uri(tracking_uri)  # the run's store: MLflow's model logging goes through its fluent API
     tags = {"env_id": spec.env_id, "eval_step": str(step), "eval_return": f"{ret:.1f}"}
     # Created here in the run's experiment, with the run's params (the config): left to itself, MLflow 3
     # puts a model logged without a fluent active run into the default experiment, where
