@@ -297,7 +297,7 @@ def _artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
 
 
 @pytest.mark.e2e
-def test_submit_runs_a_job_that_tracks_to_the_server(stack):
+def test_submit_runs_a_job_that_tracks_to_the_server(stack, monkeypatch):
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus
 
@@ -363,6 +363,10 @@ def test_submit_runs_a_job_that_tracks_to_the_server(stack):
     nll = client.get_metric_history(run_id, "model/train_nll")
     assert nll and all(math.isfinite(m.value) for m in nll)
 
+    # Listing a run's artifacts also lists its logged models' (the `policy` model); MLflow 3.17 looks
+    # those up through the process-wide tracking URI, not the client's: point it at the server, as a
+    # user of that server would.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack["mlflow"])
     paths = _artifact_paths(client, run_id)
     assert {"config.yaml", "policy/policy.pt", "learning_curve.png", "checkpoint/manifest.json"} <= paths, paths
     # Artifacts went through the server (proxied) into its --artifacts-destination.
