@@ -103,20 +103,22 @@ def run_seed(task: str, runtime: str, overrides: list[str], seed: int, cap_s: fl
     return {"cfg": cfg, "summary": summary, "walls": walls}
 
 
-def append_rows(rows: list[dict]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
+def append_rows(rows: list[dict], path: Path = RESULTS, columns: list[str] = COLUMNS) -> None:
+    """Append `rows` to the CSV at `path` (made with a header if new; rewritten first, with the new
+    columns empty, if it was written with other columns)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
     if not new:
-        with open(RESULTS, newline="") as fh:
+        with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
             old_rows, header = list(reader), reader.fieldnames
-        if header != COLUMNS:  # rows from before a column was added: rewrite them with it empty
-            with open(RESULTS, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="")
+        if header != columns:  # rows from before a column was added: rewrite them with it empty
+            with open(path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=columns, restval="")
                 writer.writeheader()
                 writer.writerows(old_rows)
-    with open(RESULTS, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
         if new:
             writer.writeheader()
         writer.writerows(rows)

@@ -21,7 +21,6 @@ and how much is overhead (Python, small ops, allocations). A row per figure goes
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from learning import TASKS, VARIANTS, git_commit  # noqa: E402
+from learning import TASKS, VARIANTS, append_rows, git_commit  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "runtime.csv"
 COLUMNS = ["benchmark", "figure", "value", "baseline", "ratio", "commit"]
@@ -52,16 +51,6 @@ def matmul_gflops(shape_a: tuple, shape_b: tuple, reps: int) -> float:
         op(a, b)
         times.append(time.perf_counter() - t)
     return flops / statistics.median(times) / 1e9
-
-
-def append(rows: list[dict]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
-    with open(RESULTS, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
 
 
 def main() -> None:
@@ -106,13 +95,13 @@ def main() -> None:
     if not args.no_csv:
         commit = git_commit()
         bench = f"policy_update ({name}, {args.threads} thread)"
-        append([
+        append_rows([
             {"benchmark": bench, "figure": "ms per update", "value": f"{ms:.1f}", "baseline": "", "ratio": "", "commit": commit},
             {"benchmark": bench, "figure": "GFLOP/s achieved vs model-shaped matmul", "value": f"{achieved:.2f}",
              "baseline": f"{shaped:.2f}", "ratio": f"{achieved / shaped:.2f}", "commit": commit},
             {"benchmark": bench, "figure": "GFLOP/s achieved vs 1024² matmul", "value": f"{achieved:.2f}",
              "baseline": f"{square:.2f}", "ratio": f"{achieved / square:.2f}", "commit": commit},
-        ])
+        ], RESULTS, COLUMNS)
 
 
 if __name__ == "__main__":
