@@ -16,9 +16,13 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A real local Ray cluster for one test module."""
+    """A real local Ray cluster for one test module, always a new one of its own.
+
+    `address="local"`: with no address, `ray.init` joins any cluster it finds alive on the
+    machine (one an earlier test is still tearing down), and then refuses `num_cpus`.
+    """
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

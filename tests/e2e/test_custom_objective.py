@@ -34,7 +34,7 @@ RUN = (*FAST, f"policy.objective={e2e_objectives.NAME}", "resources.num_env_work
 
 @pytest.fixture(scope="module")
 def ray_finding_this_folder():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}})
     yield
     ray.shutdown()
