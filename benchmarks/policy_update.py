@@ -15,7 +15,7 @@ The ratio achieved GFLOP/s ÷ matmul GFLOP/s says how much of the update is arit
 and how much is overhead (Python, small ops, allocations). A row per figure goes to
 `benchmarks/results/runtime.csv`.
 
-    .venv/bin/python benchmarks/policy_update.py --env halfcheetah --variant aligned [--threads 1]
+    .venv/bin/python benchmarks/policy_update.py --env halfcheetah --variant aligned [--threads 1] [--device cuda]
 """
 
 from __future__ import annotations
@@ -38,17 +38,24 @@ RESULTS = ROOT / "benchmarks" / "results" / "runtime.csv"
 COLUMNS = ["benchmark", "figure", "value", "baseline", "ratio", "commit"]
 
 
-def matmul_gflops(shape_a: tuple, shape_b: tuple, reps: int) -> float:
-    a, b = torch.randn(*shape_a), torch.randn(*shape_b)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(shape_a: tuple, shape_b: tuple, reps: int, device: torch.device) -> float:
+    a, b = torch.randn(*shape_a, device=device), torch.randn(*shape_b, device=device)
     batched = a.dim() == 3
     op = torch.bmm if batched else torch.mm
     for _ in range(3):
         op(a, b)
+    synchronize(device)
     flops = 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if batched else 1)
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         op(a, b)
+        synchronize(device)
         times.append(time.perf_counter() - t)
     return flops / statistics.median(times) / 1e9
 
@@ -60,9 +67,11 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=40)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where the learner computes (as Ray's GPU assignment would put it)")
     p.add_argument("--no-csv", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
     from umpo_dist.config import load
     from umpo_dist.envs.spec import env_spec
@@ -70,15 +79,17 @@ def main() -> None:
 
     cfg = load(ROOT / "configs" / f"{args.env}.yaml", VARIANTS[args.variant] + args.overrides)
     spec = env_spec(cfg.env.id)
-    objective = build_objective(cfg, spec, "cpu")
+    objective = build_objective(cfg, spec, device)
     rng = np.random.default_rng(0)
     data = {"start_states": rng.normal(size=(cfg.policy.start_states, spec.obs_dim)).astype(np.float32)}
     for _ in range(5):
         objective.update(data)
+    synchronize(device)
     times = []
     for _ in range(args.reps):
         t = time.perf_counter()
         objective.update(data)
+        synchronize(device)
         times.append(time.perf_counter() - t)
     ms = 1e3 * statistics.median(times)
     with FlopCounterMode(display=False) as counter:
@@ -86,15 +97,16 @@ def main() -> None:
     gflop = counter.get_total_flops() / 1e9
     achieved = gflop / (ms / 1e3)
     E, B, width = cfg.model.ensemble_size, cfg.policy.start_states, cfg.model.hidden_size
-    shaped = matmul_gflops((E, B, width), (E, width, width), 200)
-    square = matmul_gflops((1024, 1024), (1024, 1024), 10)
+    shaped = matmul_gflops((E, B, width), (E, width, width), 200, device)
+    square = matmul_gflops((1024, 1024), (1024, 1024), 10, device)
     name = f"{cfg.env.id} {args.variant}" + (f" {' '.join(args.overrides)}" if args.overrides else "")
-    print(f"{name}: {ms:.1f} ms per policy update ({args.threads} thread(s)), {gflop:.3f} GFLOP counted "
+    where = f"{args.threads} thread" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"{name}: {ms:.1f} ms per policy update ({where}), {gflop:.3f} GFLOP counted "
           f"-> {achieved:.2f} GFLOP/s; matmul rate here: {shaped:.2f} GFLOP/s model-shaped "
           f"({E}x{B}x{width}), {square:.2f} GFLOP/s 1024²; ratio {achieved / shaped:.2f} of the model-shaped rate")
     if not args.no_csv:
         commit = git_commit()
-        bench = f"policy_update ({name}, {args.threads} thread)"
+        bench = f"policy_update ({name}, {where})"
         append_rows([
             {"benchmark": bench, "figure": "ms per update", "value": f"{ms:.1f}", "baseline": "", "ratio": "", "commit": commit},
             {"benchmark": bench, "figure": "GFLOP/s achieved vs model-shaped matmul", "value": f"{achieved:.2f}",
