@@ -20,6 +20,10 @@ reached. The distributed run is capped by a driver callback (`Driver.request_sto
 sets the driver's stop step); the inline run by a log callback that raises once the time is up (then one final
 evaluation of the policy as it stands).
 
+Rows go to `benchmarks/results/runtime.csv` (ray's figure as the value, inline's as the
+baseline, their ratio): wall-clock and env steps to the target, and the Ray run's
+utilisation of the policy learner (share of wall-clock inside updates since its first call).
+
 Everything is written to a temp working directory (runs/, MLflow's SQLite store via
 `MLFLOW_TRACKING_URI`), removed at the end unless `--keep`.
 
@@ -33,6 +37,7 @@ import argparse
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +45,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from learning import append_rows, git_commit  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "runtime.csv"
+COLUMNS = ["benchmark", "figure", "value", "baseline", "ratio", "commit"]
 PENDULUM_OVERRIDES = ["train.stop_at_return=900", "train.total_env_steps=10000", "train.eval_every=500"]
 
 
@@ -150,6 +160,7 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run")
     p.add_argument("--keep", action="store_true", help="keep the temp working directory")
+    p.add_argument("--no-csv", action="store_true", help="print only")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -223,13 +234,27 @@ def main() -> None:
         print(f"  {runtime}: run ended at {s['env_steps']:,} env steps, {s['model_updates']:,} model / "
               f"{s['policy_updates']:,} policy updates (achieved ratios {s['model_ratio']:.2f} / {s['policy_ratio']:.2f}); "
               f"evaluations (step:return) {evals}")
+    use = pendulum["ray"]["summary"].get("utilisation", {})
+    print("  ray utilisation (share of wall-clock in useful work since each role's first call): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(use.items())))
     di, dr = pendulum["inline"].get("to_target_s"), pendulum["ray"].get("to_target_s")
+    bench = f"distributed_vs_inline (InvertedPendulum-v5 to {args.target:g}, seed {args.seed}, {os.cpu_count()} cores)"
+    rows = []
     if di is not None and dr is not None:
         si, sr = pendulum["inline"]["target_step"], pendulum["ray"]["target_step"]
         print(f"ratio distributed/inline: wall-clock to {args.target:g} {dr / di:.2f}x; env steps to it {sr / si:.2f}x; "
               f"whole train() call {pendulum['ray']['total_s'] / pendulum['inline']['total_s']:.2f}x")
+        rows += [{"benchmark": bench, "figure": "wall-clock to target s (ray vs inline)", "value": f"{dr:.1f}",
+                  "baseline": f"{di:.1f}", "ratio": f"{dr / di:.2f}"},
+                 {"benchmark": bench, "figure": "env steps to target (ray vs inline)", "value": sr,
+                  "baseline": si, "ratio": f"{sr / si:.2f}"}]
     else:
         print(f"ratio distributed/inline: not available (a run did not reach {args.target:g})")
+        rows.append({"benchmark": bench, "figure": "reached target (ray, inline)",
+                     "value": dr is not None, "baseline": di is not None, "ratio": ""})
+    if "policy_learner" in use:
+        rows.append({"benchmark": bench, "figure": "policy learner utilisation (ray)",
+                     "value": f"{use['policy_learner']:.2f}", "baseline": "", "ratio": ""})
 
     if cheetah:
         print()
@@ -246,6 +271,10 @@ def main() -> None:
         print(f"best return distributed - inline: {br - bi:+.1f}")
     print()
     print("load average (1/5/15 min): " + "; ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}/{v[2]:.2f}" for k, v in loads.items()))
+    if not args.no_csv:
+        commit = git_commit()
+        append_rows([{**row, "commit": commit} for row in rows], RESULTS, COLUMNS)
+        print(f"{len(rows)} rows appended to {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ VARIANTS: dict[str, list[str]] = {
         "train.model_updates_per_step=0.5", "train.policy_updates_per_step=1.0", "train.train_every=10",
     ],
     "elites": ["model.rollout_members=elites"],
+    # the other objectives on the task's config as shipped (design §3): the comparison of issue 11
+    "mnm": ["policy.objective=mnm"],
+    # MBPO-style: many cheap SAC updates per env step on mostly model transitions
+    "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5"],
 }
 # The audit's differences from the compact reference (its items 1–4 and its alpha_lr), together.
 VARIANTS["aligned"] = VARIANTS["reference"] + [

@@ -140,7 +140,8 @@ class TrainConfig:
     model_updates_per_step: float = ranged(0.5, 0, open_low=True)  # target model updates per env step
     policy_updates_per_step: float = ranged(1.0, 0, open_low=True)  # target policy updates per env step
     train_every: int = ranged(10, 1)  # env steps between learner rounds (inline runner)
-    updates_per_call: int = ranged(50, 1)  # learner updates per actor call; weights are published after each call
+    updates_per_call: int = ranged(50, 1)  # learner updates per actor call (Ray runtime)
+    publish_every: int = ranged(10, 1)  # policy updates between publications of its weights (and at each call's end)
     eval_every: int = ranged(1000, 1)  # env steps between evaluations
     checkpoint_every: int = ranged(5000, 0)  # env steps between checkpoints (0: only at the end)
     stop_at_return: float | None = None  # stop once an evaluation reaches this return
@@ -155,7 +156,7 @@ class ResourcesConfig:
     learner_cpus: float = ranged(1.0, 0, open_low=True)  # CPUs each learner requests (also its torch threads)
     learner_gpus: str = "auto"  # "auto" (1 each if the cluster has GPUs), or a number per learner
     chunk_size: int = ranged(100, 1)  # transitions an env worker pushes per message
-    ratio_tolerance: int = ranged(500, 1)  # env steps the workers may run ahead of the learners
+    ratio_tolerance: int = ranged(100, 1)  # env steps the workers may run ahead of the learners (about one chunk)
 
 
 @dataclass

@@ -59,6 +59,12 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
     assert 1.0 * (steps - slack) <= summary["policy_updates"] <= 1.0 * steps
     device = expected_device()
     assert summary["devices"] == {"model_learner": device, "policy_learner": device}
+    # Utilisation: each role's share of wall-clock inside its work since its first call; the roles
+    # take turns with the learners on 2 cores, so only the bounds are asserted here (the figures
+    # themselves are benchmarks/distributed_vs_inline.py's).
+    use = summary["utilisation"]
+    assert set(use) == {"policy_learner", "model_learner", "env_workers"}, use
+    assert all(0.0 < share <= 1.01 for share in use.values()), use
 
     client = MlflowClient()
     run = client.get_run(summary["run_id"])
@@ -69,12 +75,17 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
                 "policy/epistemic", "policy/objective", "policy/return_mean", "policy/return_std",
                 "policy/value_loss", "policy/entropy", "rate/env_steps_per_s", "rate/model_updates_per_s",
                 "rate/policy_updates_per_s", "staleness/policy_versions", "staleness/model_versions",
+                "utilisation/policy_learner", "utilisation/model_learner", "utilisation/env_workers",
                 # the model diagnostics, computed in the evaluation task from the published model
                 "diagnostics/calibration_error", "diagnostics/spread_error_corr", "diagnostics/gap_share",
                 "diagnostics/imagined_return", "diagnostics/real_return", "diagnostics/member_spread"):
         assert key in run.data.metrics, key
     evals = client.get_metric_history(run.info.run_id, "eval/return")
     assert max(m.value for m in evals) >= 900
+    # Each evaluation records the policy's update count beside its env step: none at step 0, then rising.
+    versions = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/policy_updates"))
+    assert len(versions) == len(evals) and versions[0] == (0, 0)
+    assert [v for _, v in versions] == sorted(v for _, v in versions) and versions[-1][1] > 0
     for tag in ("umpo.version", "ray.version", "device"):
         assert tag in run.data.tags
     assert run.data.tags["device"] == device

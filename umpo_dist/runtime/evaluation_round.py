@@ -8,6 +8,7 @@ schedule, the exporter (`on_best`), the metrics log and the user (`on_warning`).
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from umpo_dist.config import Config
 from umpo_dist.diagnostics.check import check_model
@@ -27,12 +28,14 @@ def evaluation_round(policy: TanhGaussianPolicy, model: EnsembleDynamics | None,
     return result
 
 
-def record_round(runner, step: int, result: dict, weights: dict) -> None:
-    """Book an evaluation of `weights` (the policy at env step `step`) with the runner."""
+def record_round(runner, step: int, result: dict, weights: Callable[[], dict], policy_updates: int) -> None:
+    """Book an evaluation of the policy at env step `step`, after `policy_updates` updates, with the runner.
+
+    `weights()` gives the evaluated policy's weights; it is called only if they score the run's best."""
     s, ret = runner.schedule, result["return_mean"]
     if s.record_evaluation(step, ret) and runner.on_best:
-        runner.on_best(weights, step, ret)
-    metrics = {"eval/return": ret, "eval/return_std": result["return_std"]}
+        runner.on_best(weights(), step, ret)
+    metrics = {"eval/return": ret, "eval/return_std": result["return_std"], "eval/policy_updates": policy_updates}
     diag = result.get("diagnostics")
     if diag:
         metrics.update({f"diagnostics/{k}": float(v) for k, v in diag.items() if isinstance(v, (int, float))})

@@ -25,7 +25,8 @@ class Call:
     kind: str  # "worker", "model", "policy" or "eval"
     index: int = 0  # which env worker; for "eval", the env step the evaluated policy belongs to
     steps: int = 0  # env steps asked of a worker
-    weights: dict | None = None  # for "eval", the policy weights being evaluated
+    weights: object = None  # for "eval", the policy weights being evaluated (a dict, or a Ray object ref)
+    version: int = 0  # for "eval", the policy updates behind those weights
 
 
 @dataclass

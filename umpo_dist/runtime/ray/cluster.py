@@ -1,34 +1,70 @@
-"""Joining or starting the Ray cluster a run uses, and sizing the learners' GPU requests."""
+"""Joining or starting the Ray cluster a run uses, and sizing the actors' requests to it."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+from dataclasses import dataclass
 
 import ray
 
-from umpo_dist.config import Config
+from umpo_dist.config import Config, ResourcesConfig
 
 log = logging.getLogger(__name__)
 
 
 def init_ray(cfg: Config, address: str | None = None) -> None:
-    """Join `address` (or `RAY_ADDRESS`), else start a local cluster of our own sized for the run."""
+    """Join `address` (or `RAY_ADDRESS`), else start a local cluster of our own with this machine's
+    real CPU count (the actors' requests are fitted to it: `cpu_requests`)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
         return
-    r = cfg.resources
-    needed = r.num_env_workers * r.worker_cpus + 2 * r.learner_cpus
-    cores = os.cpu_count() or 1
-    if needed > cores:
-        log.warning("the run asks for %.1f CPUs and this machine has %d: actors will share cores", needed, cores)
     # A local run starts the dashboard bound to loopback only (Ray prints its address).
     # address="local": a new cluster of our own, even if another one runs on this machine.
-    ray.init(address="local", num_cpus=max(cores, int(needed + 0.999)), dashboard_host="127.0.0.1",
-             include_dashboard=True)
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, dashboard_host="127.0.0.1", include_dashboard=True)
+
+
+@dataclass(frozen=True)
+class CpuRequests:
+    policy_learner: float
+    model_learner: float
+    env_worker: float  # each
+
+    def total(self, workers: int) -> float:
+        return self.policy_learner + self.model_learner + workers * self.env_worker
+
+
+def cpu_requests(r: ResourcesConfig, cpus: float) -> CpuRequests:
+    """The CPUs each actor asks Ray for, fitted to a cluster of `cpus` CPUs.
+
+    Requests that fit are kept as configured: on a cluster, Ray places the actors by
+    them. On a machine too small for them, the policy learner (every run's critical
+    path) keeps a whole core (its configured share, at most 1 when only 2 cores
+    exist), and the model learner and the env workers share the rest in proportion to
+    their configured requests, so all of them start and the other cores stay busy.
+    """
+    asked = CpuRequests(r.learner_cpus, r.learner_cpus, r.worker_cpus)
+    if asked.total(r.num_env_workers) <= cpus + 1e-9:
+        return asked
+    policy = min(r.learner_cpus, max(cpus / 2, min(1.0, cpus - 0.5)))
+    scale = (cpus - policy) / (r.learner_cpus + r.num_env_workers * r.worker_cpus)
+    down = lambda x: math.floor(x * 1e4) / 1e4  # Ray's resource granularity: the parts must not add up past `cpus`
+    fitted = CpuRequests(down(policy), down(r.learner_cpus * scale), down(r.worker_cpus * scale))
+    log.warning("the run asks for %.2f CPUs and the cluster has %g: policy learner %.2f, model learner %.2f, "
+                "%d env workers %.2f each", asked.total(r.num_env_workers), cpus, fitted.policy_learner,
+                fitted.model_learner, r.num_env_workers, fitted.env_worker)
+    return fitted
+
+
+def assigned_cpus(default: float = 1.0) -> float:
+    """Inside an actor: the CPUs Ray assigned to it (its fitted request), else `default`."""
+    if not ray.is_initialized():
+        return default
+    return ray.get_runtime_context().get_assigned_resources().get("CPU", default)
 
 
 def learner_gpus(setting: str) -> float:

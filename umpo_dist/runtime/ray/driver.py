@@ -4,6 +4,9 @@ Every actor call is asynchronous; the driver keeps each env worker and each lear
 busy with one call at a time, as far as the shared `Schedule` allows, and reacts to
 whichever call finishes first (`ray.wait`). Learners that run ahead wait for data;
 env workers that run more than `ratio_tolerance` steps ahead of a learner wait for it.
+Actors ask Ray for CPUs fitted to the cluster (`cpu_requests`); one evaluation actor
+lives for the whole run. Each call reports its busy seconds, and the driver logs each
+role's utilisation (share of wall-clock inside useful work).
 """
 
 from __future__ import annotations
@@ -20,33 +23,19 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from umpo_dist.config import Config
 from umpo_dist.diagnostics.watch import ExploitationWatch
 from umpo_dist.envs.spec import EnvSpec
-from umpo_dist.models.ensemble import build_ensemble
-from umpo_dist.models.policy import build_policy
-from umpo_dist.runtime.ray.cluster import learner_gpus
+from umpo_dist.runtime.ray.cluster import cpu_requests, learner_gpus
 from umpo_dist.runtime.ray.env_worker import EnvWorker
+from umpo_dist.runtime.ray.evaluator import EvaluatorActor
 from umpo_dist.runtime.ray.learners import ModelLearnerActor, PolicyLearnerActor
 from umpo_dist.runtime.ray.replay_actor import ReplayActor
 from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry
 from umpo_dist.runtime.ray.weights import WeightStoreActor
-from umpo_dist.runtime.evaluation_round import evaluation_round, record_round
+from umpo_dist.runtime.evaluation_round import record_round
 from umpo_dist.runtime.schedule import Call, Schedule
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[dict, int], None]
 RESTART_COOLDOWN_S = 1.0  # pause before calling an actor again after a failed call
-
-
-@ray.remote(num_cpus=0)
-def _evaluate(policy_weights: dict, model_weights: dict | None, spec: EnvSpec, cfg: Config, seed: int) -> dict:
-    """An evaluation round in a task of its own, off the learners' path; the model's diagnostics too
-    once the model learner has published weights."""
-    policy = build_policy(spec, cfg.policy)
-    policy.load_state_dict(policy_weights)
-    model = None
-    if model_weights is not None:
-        model = build_ensemble(spec, cfg.model).requires_grad_(False)
-        model.load_state_dict(model_weights)
-    return evaluation_round(policy, model, cfg, seed)
 
 
 class Driver:
@@ -57,6 +46,7 @@ class Driver:
         self.log = log_fn or (lambda metrics, step: None)
         r, t = cfg.resources, cfg.train
         gpus = learner_gpus(r.learner_gpus)
+        self.cpus = cpus = cpu_requests(r, ray.cluster_resources().get("CPU", 0.0))
         run_dir = str(run_dir) if run_dir is not None else None
         self.store = WeightStoreActor.remote()
         # The replay writes its log into the run directory, so it lives on the driver's node.
@@ -65,15 +55,16 @@ class Driver:
             spec.obs_dim, spec.action_dim, cfg.replay.capacity, cfg.model.ensemble_size, cfg.replay.sampling,
             cfg.model.holdout_fraction, t.seed, run_dir=run_dir,
         )
-        self.model_learner = ModelLearnerActor.options(num_cpus=r.learner_cpus, num_gpus=gpus).remote(
+        self.model_learner = ModelLearnerActor.options(num_cpus=cpus.model_learner, num_gpus=gpus).remote(
             cfg, spec, self.replay, self.store, run_dir)
-        self.policy_learner = PolicyLearnerActor.options(num_cpus=r.learner_cpus, num_gpus=gpus).remote(
+        self.policy_learner = PolicyLearnerActor.options(num_cpus=cpus.policy_learner, num_gpus=gpus).remote(
             cfg, spec, self.replay, self.store, run_dir)
         # SPREAD places env workers across nodes, so collection uses every machine's cores.
         self.workers = [
-            EnvWorker.options(num_cpus=r.worker_cpus, scheduling_strategy="SPREAD").remote(cfg, spec, i, self.replay, self.store)
+            EnvWorker.options(num_cpus=cpus.env_worker, scheduling_strategy="SPREAD").remote(cfg, spec, i, self.replay, self.store)
             for i in range(r.num_env_workers)
         ]
+        self.evaluator = EvaluatorActor.remote(cfg, spec)
         self.schedule = Schedule(t, r.ratio_tolerance,
                                  ExploitationWatch(cfg.diagnostics.warn_margin, cfg.diagnostics.warn_after))
         self.devices = {
@@ -86,6 +77,8 @@ class Driver:
         self.acknowledged = 0  # transitions whose acknowledgement a worker reported in this process
         self._inflight: dict = {}  # ObjectRef -> Call
         self._down: dict[tuple[str, int], float] = {}  # failed actors: (kind, index) -> when to call again
+        self.busy: Counter = Counter()  # seconds inside useful work, by role ("worker" summed over workers)
+        self.busy_since: dict[str, float] = {}  # when each role's first call was issued
         self.failures: Counter = Counter()  # actor deaths seen, by role
         self.recoveries: Counter = Counter()  # restarted actors that came back and reported, by role
         self.callbacks: list[Callable[["Driver"], None]] = []  # called once per scheduling round
@@ -123,11 +116,16 @@ class Driver:
         return self._latest_weights("policy")
 
     def _latest_weights(self, kind: str) -> dict | None:
-        held = call_with_retry(lambda: self.store.latest.remote(kind, -1), f"reading {kind} weights")
+        held = self._latest_ref(kind)
         try:
-            return ray.get(held[1][0]) if held else None
+            return ray.get(held[1]) if held else None
         except ACTOR_ERRORS:  # the store died after answering: its objects went with it
             return None
+
+    def _latest_ref(self, kind: str) -> tuple[int, ray.ObjectRef] | None:
+        """(version, object ref) of the newest published weights of `kind`, or None."""
+        held = call_with_retry(lambda: self.store.latest.remote(kind, -1), f"reading {kind} weights")
+        return (held[0], held[1][0]) if held else None
 
     # -- the loop ---------------------------------------------------------------
     def run(self, checkpoint: Callable[["Driver"], None] | None = None, progress=None) -> dict:
@@ -150,8 +148,8 @@ class Driver:
                 self._schedule_learners()
                 if s.eval_due() and not self._calls("eval"):
                     step = s.eval_started()
-                    ref, weights = self._submit_eval(self.latest_policy_weights())
-                    self._inflight[ref] = Call("eval", step, weights=weights)
+                    ref, weights, version = self._submit_eval()
+                    self._inflight[ref] = Call("eval", step, weights=weights, version=version)
             if not any(call.kind != "eval" for call in self._inflight.values()):
                 if drain:
                     if checkpoint:
@@ -172,10 +170,13 @@ class Driver:
 
         self.drain()
         if s.final_eval_needed():
-            self._finish_eval(*self._submit_eval(self.latest_policy_weights()), s.env_steps)
+            ref, weights, version = self._submit_eval()
+            self._finish_eval(ref, Call("eval", s.env_steps, weights=weights, version=version))
         self._report(progress, force=True)
+        wall_s = time.monotonic() - start
         return {
-            **s.summary(time.monotonic() - start),
+            **s.summary(wall_s),
+            "utilisation": self._utilisation(time.monotonic()),
             "policy_versions_used": len(self.policy_versions_used),
             "worker_nodes": sorted(set(self.worker_nodes.values())),
             "worker_steps": dict(self.worker_steps),
@@ -217,6 +218,7 @@ class Driver:
             if chunk is None:
                 return
             self._inflight[worker.collect.remote(chunk.steps, chunk.random)] = Call("worker", i, chunk.steps)
+            self.busy_since.setdefault("worker", time.monotonic())
 
     def _schedule_learners(self) -> None:
         s, per_call = self.schedule, self.cfg.train.updates_per_call
@@ -226,12 +228,13 @@ class Driver:
                 k = allowed()
                 if k > 0:
                     self._inflight[actor.train.remote(min(k, per_call))] = Call(kind)
+                    self.busy_since.setdefault(kind, time.monotonic())
 
     def _handle(self, call: Call, ref) -> None:
         s = self.schedule
         kind, index = call.kind, call.index
         if kind == "eval":
-            self._finish_eval(ref, call.weights, index)
+            self._finish_eval(ref, call)
             return
         role = f"{kind}_{index}" if kind == "worker" else f"{kind}_learner"
         try:
@@ -248,6 +251,7 @@ class Driver:
                 s.env_steps = max(s.env_steps, self._replay_total())
             return
         self._down.pop((kind, index), None)
+        self.busy[kind] += result.get("busy_s", 0.0)
         if result.get("restarted"):
             self.recoveries[kind] += 1
             log.warning("actor %s is back after a restart", role)
@@ -294,6 +298,7 @@ class Driver:
         }
         for name, lags in self._staleness.items():
             rates[f"staleness/{name}_versions"] = float(np.mean(lags))
+        rates.update({f"utilisation/{role}": share for role, share in self._utilisation(now).items()})
         self.log({**self._metrics, **rates}, s.env_steps)
         if progress:
             progress.update(s.env_steps, s.evaluations[-1][1] if s.evaluations else None, rates)
@@ -301,14 +306,31 @@ class Driver:
         self._staleness = defaultdict(list)
         self._window = (now, s.env_steps, s.model_updates, s.policy_updates)
 
-    def _submit_eval(self, weights: dict | None) -> tuple:
-        """Start evaluating `weights`; returns the result's ref and the weights evaluated."""
-        if weights is None:  # before the first publication: the initial policy the learner starts from
-            weights = call_with_retry(lambda: self.policy_learner.state.remote(), "policy learner state")["policy"]
-        model = self._latest_weights("model") if self.cfg.diagnostics.enabled else None
-        return _evaluate.remote(weights, model, self.spec, self.cfg, 10_000 + self.cfg.train.seed), weights
+    def _utilisation(self, now: float) -> dict[str, float]:
+        """Each role's share of wall-clock inside useful work since its first call (env workers: the mean)."""
+        names = {"policy": "policy_learner", "model": "model_learner", "worker": "env_workers"}
+        shares = {}
+        for kind, since in self.busy_since.items():
+            actors = len(self.workers) if kind == "worker" else 1
+            shares[names[kind]] = self.busy[kind] / max(now - since, 1e-9) / actors
+        return shares
 
-    def _finish_eval(self, ref, weights: dict, step: int) -> float:
+    def _submit_eval(self) -> tuple:
+        """Start evaluating the newest published policy in the evaluation actor; returns the result's ref,
+        the weights evaluated (an object ref, or the learner's initial weights before any publication) and
+        their version (policy updates)."""
+        held = self._latest_ref("policy")
+        if held is None:  # before the first publication: the initial policy the learner starts from
+            version = 0
+            weights = call_with_retry(lambda: self.policy_learner.state.remote(), "policy learner state")["policy"]
+        else:
+            version, weights = held
+        model = self._latest_ref("model") if self.cfg.diagnostics.enabled else None
+        seed = 10_000 + self.cfg.train.seed
+        return self.evaluator.evaluate.remote(weights, model[1] if model else None, seed), weights, version
+
+    def _finish_eval(self, ref, call: Call) -> None:
         result = ray.get(ref)
-        record_round(self, step, result, weights)
-        return result["return_mean"]
+        weights = call.weights
+        record_round(self, call.index, result, lambda: ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights,
+                     call.version)

@@ -2,12 +2,17 @@
 
 Each wraps its core learner, computes on `cuda` when Ray assigned it a GPU and on
 the CPU otherwise, prefetches its next replay request while it computes on the
-current one, and publishes its weights to the weight store at the end of every call.
+current one, and publishes its weights to the weight store at the end of every call
+(the policy learner also every `train.publish_every` updates within a call, so that
+env workers act with a policy at most that many updates old). Each call reports the
+seconds it spent inside updates (`busy_s`), from which the driver logs utilisation.
 Ray restarts a learner that died; it comes back with its optimiser state from the
 run's last checkpoint and the newest weights it had published.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import ray
@@ -18,6 +23,7 @@ from umpo_dist.devices import select_device, set_threads
 from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.model_learner import ModelLearner
 from umpo_dist.objectives import build_objective
+from umpo_dist.runtime.ray.cluster import assigned_cpus
 from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry, was_restarted
 from umpo_dist.runtime.ray.weights import WeightSubscriber, publish
 
@@ -51,7 +57,7 @@ class _LearnerActor:
     weights_name: str  # the weight set it publishes
 
     def __init__(self, cfg: Config, store, run_dir: str | None):
-        set_threads(cfg.resources.learner_cpus)
+        set_threads(assigned_cpus())
         self.device = select_device(ray.get_gpu_ids())
         self.cfg, self.store, self.run_dir = cfg, store, run_dir
         self.restarted = was_restarted()
@@ -70,10 +76,12 @@ class _LearnerActor:
             except ACTOR_ERRORS:
                 pass  # the store went down meanwhile: keep what the checkpoint gave
 
-    def _result(self, rows: list[dict], **extra) -> dict:
+    def _result(self, rows: list[dict], started: float, **extra) -> dict:
+        busy_s = time.perf_counter() - started
         publish(self.store, self.weights_name, self.learner.updates, self.learner.weights())
         restarted, self.restarted = self.restarted, False
-        return {"updates": self.learner.updates, "metrics": _mean_metrics(rows), "restarted": restarted, **extra}
+        return {"updates": self.learner.updates, "metrics": _mean_metrics(rows), "restarted": restarted,
+                "busy_s": busy_s, **extra}
 
     def device_name(self) -> str:
         return str(self.device)
@@ -103,6 +111,7 @@ class ModelLearnerActor(_LearnerActor):
         self.learner.model.load_state_dict(weights)
 
     def train(self, num_updates: int) -> dict:
+        started = time.perf_counter()
         rows = []
         for _ in range(num_updates):
             metrics = self.learner.update(self.batches.next())
@@ -111,7 +120,7 @@ class ModelLearnerActor(_LearnerActor):
                                           "replay holdout")
                 metrics.update(self.learner.validate(holdout))
             rows.append(metrics)
-        return self._result(rows)
+        return self._result(rows, started)
 
 
 @ray.remote(max_restarts=-1)
@@ -134,7 +143,14 @@ class PolicyLearnerActor(_LearnerActor):
 
     def train(self, num_updates: int) -> dict:
         weights = self.model_weights.poll() if self.learner.model_version >= 0 else self.model_weights.wait()
+        started = time.perf_counter()  # after the first model's arrival: waiting for it is not work
         if weights is not None:
             self.learner.set_model_weights(weights, self.model_weights.version)
-        rows = [self.learner.update(self.data.next()) for _ in range(num_updates)]
-        return self._result(rows, model_version=self.learner.model_version)
+        every = self.cfg.train.publish_every
+        rows = []
+        for i in range(1, num_updates + 1):
+            rows.append(self.learner.update(self.data.next()))
+            if i % every == 0 and i < num_updates:
+                # Not waited for: the store keeps the newest version, and the call's last publication is awaited.
+                self.store.publish.remote(self.weights_name, self.learner.updates, self.learner.weights())
+        return self._result(rows, started, model_version=self.learner.model_version)

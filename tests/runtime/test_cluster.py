@@ -1,0 +1,39 @@
+"""Fitting the actors' CPU requests to the cluster (Ray-free: the sizing rule alone)."""
+
+import pytest
+
+from umpo_dist.config import ResourcesConfig
+from umpo_dist.runtime.ray.cluster import cpu_requests
+
+
+def resources(**kw) -> ResourcesConfig:
+    return ResourcesConfig(**kw)
+
+
+def test_requests_that_fit_are_kept_as_configured():
+    r = resources(num_env_workers=4, worker_cpus=1.0, learner_cpus=2.0)
+    fitted = cpu_requests(r, 16)
+    assert (fitted.policy_learner, fitted.model_learner, fitted.env_worker) == (2.0, 2.0, 1.0)
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4])
+@pytest.mark.parametrize("workers", [1, 2, 4, 8])
+def test_on_a_small_machine_everything_fits_and_the_policy_learner_keeps_the_most(cpus, workers):
+    r = resources(num_env_workers=workers, worker_cpus=1.0, learner_cpus=1.0)
+    fitted = cpu_requests(r, cpus)
+    if workers + 2 <= cpus:
+        assert fitted.total(workers) == workers + 2
+        return
+    assert fitted.total(workers) <= cpus
+    assert fitted.total(workers) > cpus - 0.01  # the other cores are handed out, not left idle
+    assert fitted.policy_learner >= max(fitted.model_learner, fitted.env_worker)
+    if cpus >= 2:
+        assert fitted.policy_learner == 1.0  # a whole core for the critical path
+    # the rest keeps the configured proportions (model learner : env worker = 1 : 1 here)
+    assert fitted.model_learner == pytest.approx(fitted.env_worker, abs=1e-4)
+
+
+def test_the_defaults_on_two_cores_give_the_policy_learner_one_and_share_the_other():
+    fitted = cpu_requests(resources(), 2)  # 2 env workers, 1 CPU each asked
+    assert fitted.policy_learner == 1.0
+    assert fitted.model_learner == fitted.env_worker == pytest.approx(1 / 3, abs=1e-4)
