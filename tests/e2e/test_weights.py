@@ -139,3 +139,51 @@ def test_prefetcher_drops_the_prefetch_of_a_dead_actor_and_asks_the_restarted_on
     assert all(arrived <= tag for arrived, tag in after), after
     # ... and answers still come in the order asked, each request at most once, one more in flight.
     assert tags == sorted(set(tags)) and set(tags) <= set(issued) and len(issued) == tags[-1] + 2, (after, issued)
+
+
+def test_policy_learner_publishes_every_publish_every_updates_within_a_call(local_ray):
+    """Env workers act with the newest published policy, so a 30-update call with `publish_every=10`
+    must publish versions 10 and 20 on its way (not waited for) and 30 at its end, in that order."""
+    import numpy as np
+
+    from test_distributed import FAST, ip_config
+    from umpo_dist.envs.spec import env_spec
+    from umpo_dist.models.ensemble import build_ensemble
+    from umpo_dist.runtime.ray.learners import PolicyLearnerActor
+    from umpo_dist.runtime.ray.replay_actor import ReplayActor
+    from umpo_dist.runtime.weight_store import WeightStore
+
+    @ray.remote(num_cpus=0)
+    class RecordingStore(WeightStore):
+        """The weight store's protocol, noting every publication it receives."""
+
+        def __init__(self):
+            super().__init__()
+            self.received = []
+
+        def publish(self, name, version, weights):
+            self.received.append((name, version))
+            return super().publish(name, version, [ray.put(weights)])
+
+        def log(self):
+            return self.received
+
+    cfg = ip_config(*FAST, "train.publish_every=10")
+    spec = env_spec(cfg.env.id)
+    replay = ReplayActor.remote(spec.obs_dim, spec.action_dim, 1000, cfg.model.ensemble_size, "linear", 0.1, 0)
+    rng = np.random.default_rng(0)
+    n = 200
+    chunk = {"obs": rng.normal(size=(n, spec.obs_dim)), "action": rng.uniform(-1, 1, (n, spec.action_dim)),
+             "reward": rng.normal(size=n), "next_obs": rng.normal(size=(n, spec.obs_dim)),
+             "terminated": np.zeros(n, bool), "truncated": np.zeros(n, bool)}
+    assert ray.get(replay.insert_chunk.remote({k: np.asarray(v, np.float32) if v.dtype != bool else v
+                                               for k, v in chunk.items()}, "test", 1)) == n
+    store = RecordingStore.remote()
+    ray.get(store.publish.remote("model", 1, build_ensemble(spec, cfg.model).state_dict()))
+    learner = PolicyLearnerActor.options(num_cpus=0.5).remote(cfg, spec, replay, store)
+
+    result = ray.get(learner.train.remote(30))
+    assert result["updates"] == 30 and result["busy_s"] > 0
+    policy = [version for name, version in ray.get(store.log.remote()) if name == "policy"]
+    assert policy == [10, 20, 30], policy
+    assert ray.get(store.latest.remote("policy", -1))[0] == 30

@@ -10,9 +10,11 @@ def resources(**kw) -> ResourcesConfig:
     return ResourcesConfig(**kw)
 
 
-def test_requests_that_fit_are_kept_as_configured():
+@pytest.mark.parametrize("cpus", [16, None])
+def test_requests_that_fit_and_on_a_cluster_we_did_not_start_are_kept_as_configured(cpus):
+    """None: a cluster started elsewhere (perhaps autoscaled): its present size must not shrink the requests."""
     r = resources(num_env_workers=4, worker_cpus=1.0, learner_cpus=2.0)
-    fitted = cpu_requests(r, 16)
+    fitted = cpu_requests(r, cpus)
     assert (fitted.policy_learner, fitted.model_learner, fitted.env_worker) == (2.0, 2.0, 1.0)
 
 

@@ -12,6 +12,7 @@ import ray
 from umpo_dist.config import Config, ResourcesConfig
 
 log = logging.getLogger(__name__)
+_started: dict[str, float] = {}  # "cpus": the CPU count of the local cluster `init_ray` started in this process
 
 
 def init_ray(cfg: Config, address: str | None = None) -> None:
@@ -19,13 +20,22 @@ def init_ray(cfg: Config, address: str | None = None) -> None:
     real CPU count (the actors' requests are fitted to it: `cpu_requests`)."""
     if ray.is_initialized():
         return
+    _started.clear()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
         return
     # A local run starts the dashboard bound to loopback only (Ray prints its address).
     # address="local": a new cluster of our own, even if another one runs on this machine.
-    ray.init(address="local", num_cpus=os.cpu_count() or 1, dashboard_host="127.0.0.1", include_dashboard=True)
+    cpus = os.cpu_count() or 1
+    ray.init(address="local", num_cpus=cpus, dashboard_host="127.0.0.1", include_dashboard=True)
+    _started["cpus"] = cpus
+
+
+def local_cluster_cpus() -> float | None:
+    """The CPUs of the local cluster `init_ray` started (and is still up), else None: a cluster someone
+    else started may be autoscaled (KubeRay, the cluster launcher), so its present size says nothing."""
+    return _started.get("cpus") if ray.is_initialized() else None
 
 
 @dataclass(frozen=True)
@@ -38,17 +48,17 @@ class CpuRequests:
         return self.policy_learner + self.model_learner + workers * self.env_worker
 
 
-def cpu_requests(r: ResourcesConfig, cpus: float) -> CpuRequests:
-    """The CPUs each actor asks Ray for, fitted to a cluster of `cpus` CPUs.
+def cpu_requests(r: ResourcesConfig, cpus: float | None) -> CpuRequests:
+    """The CPUs each actor asks Ray for, fitted to a local cluster of `cpus` CPUs (None: as configured).
 
-    Requests that fit are kept as configured: on a cluster, Ray places the actors by
-    them. On a machine too small for them, the policy learner (every run's critical
+    Requests that fit are kept as configured, and so are all of them on a cluster we did
+    not start (`cpus` None): there Ray, and its autoscaler, place the actors by them. On a machine too small for them, the policy learner (every run's critical
     path) keeps a whole core (its configured share, at most 1 when only 2 cores
     exist), and the model learner and the env workers share the rest in proportion to
     their configured requests, so all of them start and the other cores stay busy.
     """
     asked = CpuRequests(r.learner_cpus, r.learner_cpus, r.worker_cpus)
-    if asked.total(r.num_env_workers) <= cpus + 1e-9:
+    if cpus is None or asked.total(r.num_env_workers) <= cpus + 1e-9:
         return asked
     policy = min(r.learner_cpus, max(cpus / 2, min(1.0, cpus - 0.5)))
     scale = (cpus - policy) / (r.learner_cpus + r.num_env_workers * r.worker_cpus)

@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from umpo_dist.config import Config
 from umpo_dist.diagnostics.watch import ExploitationWatch
 from umpo_dist.envs.spec import EnvSpec
-from umpo_dist.runtime.ray.cluster import cpu_requests, learner_gpus
+from umpo_dist.runtime.ray.cluster import cpu_requests, learner_gpus, local_cluster_cpus
 from umpo_dist.runtime.ray.env_worker import EnvWorker
 from umpo_dist.runtime.ray.evaluator import EvaluatorActor
 from umpo_dist.runtime.ray.learners import ModelLearnerActor, PolicyLearnerActor
@@ -46,7 +46,7 @@ class Driver:
         self.log = log_fn or (lambda metrics, step: None)
         r, t = cfg.resources, cfg.train
         gpus = learner_gpus(r.learner_gpus)
-        self.cpus = cpus = cpu_requests(r, ray.cluster_resources().get("CPU", 0.0))
+        self.cpus = cpus = cpu_requests(r, local_cluster_cpus())
         run_dir = str(run_dir) if run_dir is not None else None
         self.store = WeightStoreActor.remote()
         # The replay writes its log into the run directory, so it lives on the driver's node.
