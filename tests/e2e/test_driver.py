@@ -99,6 +99,10 @@ def test_worker_calls_after_the_random_phase_are_never_below_the_minimum_chunk(l
     assert all(answer == min(chunk, allowed, budget) for allowed, budget, answer in asked if answer is not None)
     # Every call the driver sent was acknowledged, and nothing more was collected.
     assert sum(call.steps for call, *_ in log.worker_calls()) == summary["env_steps"]
+    # Chunks go to the workers in turn: the allowance does not always go to worker 0.
+    workers = [call.index for call, env, in_flight, _ in log.worker_calls() if env + in_flight >= RANDOM]
+    print("workers of the calls after the random phase:", workers)
+    assert min(workers.count(0), workers.count(1)) >= len(workers) // 4, workers
 
 
 def test_a_schedule_that_allows_nothing_is_a_stall_error(local_ray, workdir):

@@ -39,20 +39,39 @@ def test_lost_node_actors_are_rescheduled(workdir):
     extra = cluster.add_node(num_cpus=1)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
-        removed = []
+        removed, lost, added = [], [], []
 
-        def remove_node(driver):
-            if not removed and driver.schedule.env_steps >= 800:
-                assert extra.node_id in driver.worker_nodes.values()  # a worker did run there
-                cluster.add_node(num_cpus=1)
-                cluster.remove_node(extra)
-                removed.append(driver.schedule.env_steps)
+        def remove_node_under_a_call(driver):
+            """Once the worker on the extra node has reported from there: right after the driver puts a
+            call in flight to it (workers wait between calls, so a call must be in flight for its loss
+            to be seen), add a node and remove the extra one. The random phase gives every worker
+            calls; after it, with a tolerance of about a chunk, the first worker may take them all."""
+            if "_schedule_workers" in vars(driver):
+                return
+            on_extra = [i for i, node in driver.worker_nodes.items() if node == extra.node_id]
+            if not on_extra:
+                return
+            schedule = driver._schedule_workers
 
-        summary = train(ip_config(*RUN, "resources.worker_cpus=1"), progress=False, callbacks=[remove_node])
+            def schedule_then_remove():
+                schedule()
+                if not removed and driver._calls("worker", on_extra[0]):
+                    added.append(cluster.add_node(num_cpus=1))
+                    cluster.remove_node(extra)
+                    removed.append(driver.schedule.env_steps)
+                    lost.append(on_extra[0])
+
+            driver._schedule_workers = schedule_then_remove
+            holder.append(driver)
+
+        holder = []
+        summary = train(ip_config(*RUN, "resources.worker_cpus=1"), progress=False, callbacks=[remove_node_under_a_call])
         assert removed
         assert summary["failures"].get("worker"), "the env worker on the removed node should have failed"
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         assert extra.node_id not in alive
+        # The lost worker was rescheduled on the node that joined, and collected there.
+        assert holder[0].worker_nodes[lost[0]] == added[0].node_id
         finished_consistently(summary)
     finally:
         ray.shutdown()

@@ -76,6 +76,7 @@ class Driver:
         self.worker_steps: Counter = Counter()  # env steps each worker (by index) had acknowledged
         self.acknowledged = 0  # transitions whose acknowledgement a worker reported in this process
         self._inflight: dict = {}  # ObjectRef -> Call
+        self._next_worker = 0  # the worker offered the next chunk first
         self._down: dict[tuple[str, int], float] = {}  # failed actors: (kind, index) -> when to call again
         self.busy: Counter = Counter()  # seconds inside useful work, by role ("worker" summed over workers)
         self.busy_since: dict[str, float] = {}  # when each role's first call was issued
@@ -211,14 +212,19 @@ class Driver:
         return self._down.get((kind, index), 0.0) > time.monotonic() or self._calls(kind, index)
 
     def _schedule_workers(self) -> None:
-        for i, worker in enumerate(self.workers):
+        """Give chunks to idle workers in turn (round robin), so that with a tight tolerance the
+        allowance does not always go to the first worker and every worker keeps collecting."""
+        n = len(self.workers)
+        for k in range(n):
+            i = (self._next_worker + k) % n
             if self._busy("worker", i):
                 continue
             chunk = self.schedule.next_chunk(self._steps_in_flight(), self.cfg.resources.chunk_size)
             if chunk is None:
                 return
-            self._inflight[worker.collect.remote(chunk.steps, chunk.random)] = Call("worker", i, chunk.steps)
+            self._inflight[self.workers[i].collect.remote(chunk.steps, chunk.random)] = Call("worker", i, chunk.steps)
             self.busy_since.setdefault("worker", time.monotonic())
+            self._next_worker = (i + 1) % n
 
     def _schedule_learners(self) -> None:
         s, per_call = self.schedule, self.cfg.train.updates_per_call
