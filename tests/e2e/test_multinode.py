@@ -43,9 +43,9 @@ def test_lost_node_actors_are_rescheduled(workdir):
 
         def remove_node_under_a_call(driver):
             """Once the worker on the extra node has reported from there: right after the driver puts a
-            call in flight to it (workers wait between calls, so a call must be in flight for its loss
-            to be seen), add a node and remove the extra one. The random phase gives every worker
-            calls; after it, with a tolerance of about a chunk, the first worker may take them all."""
+            call in flight to it, remove the extra node and add another. Whether that call fails (the
+            driver counts a failure) or finishes first depends on timing; either way the worker is
+            restarted on the new node and says so with its next answer."""
             if "_schedule_workers" in vars(driver):
                 return
             on_extra = [i for i, node in driver.worker_nodes.items() if node == extra.node_id]
@@ -56,8 +56,8 @@ def test_lost_node_actors_are_rescheduled(workdir):
             def schedule_then_remove():
                 schedule()
                 if not removed and driver._calls("worker", on_extra[0]):
-                    added.append(cluster.add_node(num_cpus=1))
                     cluster.remove_node(extra)
+                    added.append(cluster.add_node(num_cpus=1))
                     removed.append(driver.schedule.env_steps)
                     lost.append(on_extra[0])
 
@@ -67,7 +67,8 @@ def test_lost_node_actors_are_rescheduled(workdir):
         holder = []
         summary = train(ip_config(*RUN, "resources.worker_cpus=1"), progress=False, callbacks=[remove_node_under_a_call])
         assert removed
-        assert summary["failures"].get("worker"), "the env worker on the removed node should have failed"
+        print("failures:", summary["failures"], "recoveries:", summary["recoveries"])
+        assert summary["recoveries"].get("worker"), "the env worker of the removed node should have come back"
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         assert extra.node_id not in alive
         # The lost worker was rescheduled on the node that joined, and collected there.
