@@ -14,7 +14,9 @@ reached 900 was recorded. Start-up (Ray, actors, MLflow run) and the end of the 
 distributed driver evaluates concurrently (a Ray task) and so keeps training while an
 evaluation runs; the inline runner evaluates in line.
 
-With `--halfcheetah-minutes M` it also runs HalfCheetah-v5 (`configs/halfcheetah.yaml`)
+With `--halfcheetah-steps N` it also runs HalfCheetah-v5 (`configs/halfcheetah.yaml`) to a
+fixed budget of N env steps in each runtime and compares the final and best evaluation
+returns and the loop's wall-clock (rows in `runtime.csv` too). With `--halfcheetah-minutes M` it also runs HalfCheetah-v5 (`configs/halfcheetah.yaml`)
 for M minutes of wall-clock in each runtime and reports the highest evaluation return
 reached. The distributed run is capped by a driver callback (`Driver.request_stop`, which
 sets the driver's stop step); the inline run by a log callback that raises once the time is up (then one final
@@ -28,7 +30,7 @@ Everything is written to a temp working directory (runs/, MLflow's SQLite store 
 `MLFLOW_TRACKING_URI`), removed at the end unless `--keep`.
 
     PYTHONPATH=. .venv/bin/python benchmarks/distributed_vs_inline.py [--seed 0] [--order inline,ray] \
-        [--halfcheetah-minutes 10] [--set KEY=VALUE ...]
+        [--halfcheetah-steps 10000 | --halfcheetah-minutes 10] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def pendulum_run(runtime: str, overrides: list[str], target: float) -> dict:
     return out
 
 
-def halfcheetah_ray(overrides: list[str], cap_s: float) -> dict:
+def halfcheetah_ray(overrides: list[str], cap_s: float | None) -> dict:
     from umpo_dist.config import load
     from umpo_dist.ops.train import train
 
@@ -116,7 +118,7 @@ def halfcheetah_ray(overrides: list[str], cap_s: float) -> dict:
     def cap(driver) -> None:
         now = time.perf_counter()
         marks.setdefault("loop_start", now)
-        if "capped_at" not in marks and now - marks["loop_start"] > cap_s:
+        if cap_s is not None and "capped_at" not in marks and now - marks["loop_start"] > cap_s:
             driver.request_stop()
             marks["capped_at"] = driver.schedule.env_steps
 
@@ -127,7 +129,7 @@ def halfcheetah_ray(overrides: list[str], cap_s: float) -> dict:
             "capped": "capped_at" in marks}
 
 
-def halfcheetah_inline(overrides: list[str], cap_s: float) -> dict:
+def halfcheetah_inline(overrides: list[str], cap_s: float | None) -> dict:
     from umpo_dist.config import load
     from umpo_dist.runtime.inline import InlineRunner
 
@@ -137,7 +139,7 @@ def halfcheetah_inline(overrides: list[str], cap_s: float) -> dict:
     start = time.perf_counter()
 
     def cap(r) -> None:
-        if time.perf_counter() - start > cap_s:
+        if cap_s is not None and time.perf_counter() - start > cap_s:
             r.request_stop()
 
     runner.callbacks.append(cap)
@@ -157,6 +159,7 @@ def main() -> None:
     p.add_argument("--target", type=float, default=900.0, help="evaluation return to reach (also stop_at_return)")
     p.add_argument("--order", default="inline,ray", help="which runtime runs first, e.g. ray,inline")
     p.add_argument("--halfcheetah-minutes", type=float, default=0.0, help="also run HalfCheetah-v5 for M minutes each")
+    p.add_argument("--halfcheetah-steps", type=int, default=0, help="also run HalfCheetah-v5 to N env steps each")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run")
     p.add_argument("--keep", action="store_true", help="keep the temp working directory")
@@ -168,6 +171,8 @@ def main() -> None:
     order = [r.strip() for r in args.order.split(",")]
     if sorted(order) != ["inline", "ray"]:
         p.error("--order must name inline and ray once each")
+    if args.halfcheetah_minutes > 0 and args.halfcheetah_steps > 0:
+        p.error("--halfcheetah-minutes or --halfcheetah-steps, not both")
     overrides = list(args.overrides) + [f"train.seed={args.seed}"]
     PENDULUM_OVERRIDES[0] = f"train.stop_at_return={args.target:g}"
 
@@ -190,11 +195,13 @@ def main() -> None:
         loads["after pendulum"] = os.getloadavg()
 
         cheetah: dict[str, dict] = {}
-        if args.halfcheetah_minutes > 0:
-            cap_s = args.halfcheetah_minutes * 60
+        if args.halfcheetah_minutes > 0 or args.halfcheetah_steps > 0:
+            cap_s = args.halfcheetah_minutes * 60 or None
+            budget = [f"train.total_env_steps={args.halfcheetah_steps}"] if args.halfcheetah_steps else []
             for runtime in order:
-                print(f"HalfCheetah-v5, {runtime}: running {args.halfcheetah_minutes:g} min", flush=True)
-                cheetah[runtime] = (halfcheetah_ray if runtime == "ray" else halfcheetah_inline)(overrides, cap_s)
+                what = f"{args.halfcheetah_steps:,} env steps" if budget else f"{args.halfcheetah_minutes:g} min"
+                print(f"HalfCheetah-v5, {runtime}: running {what}", flush=True)
+                cheetah[runtime] = (halfcheetah_ray if runtime == "ray" else halfcheetah_inline)(budget + overrides, cap_s)
                 if ray.is_initialized():
                     ray.shutdown()
             loads["after halfcheetah"] = os.getloadavg()
@@ -258,7 +265,8 @@ def main() -> None:
 
     if cheetah:
         print()
-        print(f"== HalfCheetah-v5, {args.halfcheetah_minutes:g} min wall-clock each, seed {args.seed} "
+        limit = f"{args.halfcheetah_steps:,} env steps" if args.halfcheetah_steps else f"{args.halfcheetah_minutes:g} min wall-clock"
+        print(f"== HalfCheetah-v5, {limit} each, seed {args.seed} "
               f"(configs/halfcheetah.yaml{' + ' + ' '.join(args.overrides) if args.overrides else ''})")
         header = f"{'runtime':<9}{'env steps':>11}{'model upd.':>12}{'policy upd.':>13}{'loop s':>9}{'best return':>13}{'final':>9}"
         print(header)
@@ -269,6 +277,18 @@ def main() -> None:
                   f"{s['wall_s']:>9.1f}{s['best_return']:>13.1f}{s['final_return']:>9.1f}")
         bi, br = cheetah["inline"]["summary"]["best_return"], cheetah["ray"]["summary"]["best_return"]
         print(f"best return distributed - inline: {br - bi:+.1f}")
+        if args.halfcheetah_steps:
+            si, sr = cheetah["inline"]["summary"], cheetah["ray"]["summary"]
+            hc = f"distributed_vs_inline (HalfCheetah-v5, {args.halfcheetah_steps} env steps, seed {args.seed}, {os.cpu_count()} cores)"
+            rows += [{"benchmark": hc, "figure": "final return (ray vs inline)", "value": f"{sr['final_return']:.1f}",
+                      "baseline": f"{si['final_return']:.1f}", "ratio": ""},
+                     {"benchmark": hc, "figure": "best return (ray vs inline)", "value": f"{sr['best_return']:.1f}",
+                      "baseline": f"{si['best_return']:.1f}", "ratio": ""},
+                     {"benchmark": hc, "figure": "loop wall-clock s (ray vs inline)", "value": f"{sr['wall_s']:.1f}",
+                      "baseline": f"{si['wall_s']:.1f}", "ratio": f"{sr['wall_s'] / si['wall_s']:.2f}"}]
+            if "policy_learner" in sr.get("utilisation", {}):
+                rows.append({"benchmark": hc, "figure": "policy learner utilisation (ray)",
+                             "value": f"{sr['utilisation']['policy_learner']:.2f}", "baseline": "", "ratio": ""})
     print()
     print("load average (1/5/15 min): " + "; ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}/{v[2]:.2f}" for k, v in loads.items()))
     if not args.no_csv:
