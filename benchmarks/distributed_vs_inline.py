@@ -262,6 +262,8 @@ def main() -> None:
     if "policy_learner" in use:
         rows.append({"benchmark": bench, "figure": "policy learner utilisation (ray)",
                      "value": f"{use['policy_learner']:.2f}", "baseline": "", "ratio": ""})
+        rows.append({"benchmark": bench, "figure": "policy learner blocked on replay answers (ray, share of wall-clock)",
+                     "value": f"{use['policy_learner_data_wait']:.3f}", "baseline": "", "ratio": ""})
 
     if cheetah:
         print()

@@ -63,8 +63,11 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
     # take turns with the learners on 2 cores, so only the bounds are asserted here (the figures
     # themselves are benchmarks/distributed_vs_inline.py's).
     use = summary["utilisation"]
-    assert set(use) == {"policy_learner", "model_learner", "env_workers"}, use
-    assert all(0.0 < share <= 1.01 for share in use.values()), use
+    assert set(use) == {"policy_learner", "model_learner", "env_workers",
+                        "policy_learner_data_wait", "model_learner_data_wait"}, use
+    assert all(0.0 < use[role] <= 1.01 for role in ("policy_learner", "model_learner", "env_workers")), use
+    for role in ("policy_learner", "model_learner"):  # blocked on the replay: part of the busy time
+        assert 0.0 <= use[f"{role}_data_wait"] <= use[role], use
 
     client = MlflowClient()
     run = client.get_run(summary["run_id"])
@@ -76,6 +79,7 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
                 "policy/value_loss", "policy/entropy", "rate/env_steps_per_s", "rate/model_updates_per_s",
                 "rate/policy_updates_per_s", "staleness/policy_versions", "staleness/model_versions",
                 "utilisation/policy_learner", "utilisation/model_learner", "utilisation/env_workers",
+                "utilisation/policy_learner_data_wait",
                 # the model diagnostics, computed in the evaluation task from the published model
                 "diagnostics/calibration_error", "diagnostics/spread_error_corr", "diagnostics/gap_share",
                 "diagnostics/imagined_return", "diagnostics/real_return", "diagnostics/member_spread"):

@@ -183,7 +183,7 @@ def test_policy_learner_publishes_every_publish_every_updates_within_a_call(loca
     learner = PolicyLearnerActor.options(num_cpus=0.5).remote(cfg, spec, replay, store)
 
     result = ray.get(learner.train.remote(30))
-    assert result["updates"] == 30 and result["busy_s"] > 0
+    assert result["updates"] == 30 and result["busy_s"] > 0 and 0 <= result["data_wait_s"] <= result["busy_s"]
     policy = [version for name, version in ray.get(store.log.remote()) if name == "policy"]
     assert policy == [10, 20, 30], policy
     assert ray.get(store.latest.remote("policy", -1))[0] == 30

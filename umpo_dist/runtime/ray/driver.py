@@ -79,6 +79,7 @@ class Driver:
         self._next_worker = 0  # the worker offered the next chunk first
         self._down: dict[tuple[str, int], float] = {}  # failed actors: (kind, index) -> when to call again
         self.busy: Counter = Counter()  # seconds inside useful work, by role ("worker" summed over workers)
+        self.data_wait: Counter = Counter()  # of those, seconds a learner was blocked on replay answers
         self.busy_since: dict[str, float] = {}  # when each role's first call was issued
         self.failures: Counter = Counter()  # actor deaths seen, by role
         self.recoveries: Counter = Counter()  # restarted actors that came back and reported, by role
@@ -258,6 +259,7 @@ class Driver:
             return
         self._down.pop((kind, index), None)
         self.busy[kind] += result.get("busy_s", 0.0)
+        self.data_wait[kind] += result.get("data_wait_s", 0.0)
         if result.get("restarted"):
             self.recoveries[kind] += 1
             log.warning("actor %s is back after a restart", role)
@@ -313,12 +315,16 @@ class Driver:
         self._window = (now, s.env_steps, s.model_updates, s.policy_updates)
 
     def _utilisation(self, now: float) -> dict[str, float]:
-        """Each role's share of wall-clock inside useful work since its first call (env workers: the mean)."""
+        """Each role's share of wall-clock inside useful work since its first call (env workers: the mean),
+        and for the learners the share of it spent blocked on replay answers (`..._data_wait`)."""
         names = {"policy": "policy_learner", "model": "model_learner", "worker": "env_workers"}
         shares = {}
         for kind, since in self.busy_since.items():
             actors = len(self.workers) if kind == "worker" else 1
-            shares[names[kind]] = self.busy[kind] / max(now - since, 1e-9) / actors
+            wall = max(now - since, 1e-9)
+            shares[names[kind]] = self.busy[kind] / wall / actors
+            if kind != "worker":
+                shares[f"{names[kind]}_data_wait"] = self.data_wait[kind] / wall
         return shares
 
     def _submit_eval(self) -> tuple:

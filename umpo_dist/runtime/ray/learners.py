@@ -5,7 +5,8 @@ the CPU otherwise, prefetches its next replay request while it computes on the
 current one, and publishes its weights to the weight store at the end of every call
 (the policy learner also every `train.publish_every` updates within a call, so that
 env workers act with a policy at most that many updates old). Each call reports the
-seconds it spent inside updates (`busy_s`), from which the driver logs utilisation.
+seconds it spent inside updates (`busy_s`), of which it waited for replay answers
+(`data_wait_s`), from which the driver logs utilisation and data waits.
 Ray restarts a learner that died; it comes back with its optimiser state from the
 run's last checkpoint and the newest weights it had published.
 """
@@ -34,15 +35,23 @@ class Prefetcher:
     def __init__(self, request, what: str):
         self.request, self.what = request, what
         self._ref = None
+        self.waited_s = 0.0  # seconds `next()` spent blocked on answers (the prefetch was not ready)
 
     def next(self):
         ref = self._ref if self._ref is not None else self.request()
         self._ref = self.request()
+        started = time.perf_counter()
         try:
             return ray.get(ref)
         except ACTOR_ERRORS:  # the replay is restarting: drop the prefetch and wait for it
             self._ref = None
             return call_with_retry(self.request, self.what)
+        finally:
+            self.waited_s += time.perf_counter() - started
+
+    def take_waited(self) -> float:
+        waited, self.waited_s = self.waited_s, 0.0
+        return waited
 
 
 def _mean_metrics(rows: list[dict]) -> dict:
@@ -76,12 +85,12 @@ class _LearnerActor:
             except ACTOR_ERRORS:
                 pass  # the store went down meanwhile: keep what the checkpoint gave
 
-    def _result(self, rows: list[dict], started: float, **extra) -> dict:
+    def _result(self, rows: list[dict], started: float, data: Prefetcher, **extra) -> dict:
         busy_s = time.perf_counter() - started
         publish(self.store, self.weights_name, self.learner.updates, self.learner.weights())
         restarted, self.restarted = self.restarted, False
         return {"updates": self.learner.updates, "metrics": _mean_metrics(rows), "restarted": restarted,
-                "busy_s": busy_s, **extra}
+                "busy_s": busy_s, "data_wait_s": data.take_waited(), **extra}
 
     def device_name(self) -> str:
         return str(self.device)
@@ -120,7 +129,7 @@ class ModelLearnerActor(_LearnerActor):
                                           "replay holdout")
                 metrics.update(self.learner.validate(holdout))
             rows.append(metrics)
-        return self._result(rows, started)
+        return self._result(rows, started, self.batches)
 
 
 @ray.remote(max_restarts=-1)
@@ -153,4 +162,4 @@ class PolicyLearnerActor(_LearnerActor):
             if i % every == 0 and i < num_updates:
                 # Not waited for: the store keeps the newest version, and the call's last publication is awaited.
                 self.store.publish.remote(self.weights_name, self.learner.updates, self.learner.weights())
-        return self._result(rows, started, model_version=self.learner.model_version)
+        return self._result(rows, started, self.data, model_version=self.learner.model_version)
