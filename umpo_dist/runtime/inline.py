@@ -70,8 +70,7 @@ class InlineRunner:
         model = self.model_learner.model if self.model_learner.updates > 0 else None  # an untrained model says nothing
         policy = self.objective.policy
         result = evaluation_round(policy, model, self.cfg, 10_000 + self.cfg.train.seed)
-        weights = policy.state_dict()
-        record_round(self, step, result, lambda: weights, self.objective.updates)
+        record_round(self, step, result, policy.state_dict, self.objective.updates)
         return result["return_mean"]
 
     def _train_model(self) -> dict:

@@ -46,7 +46,7 @@ class Driver:
         self.log = log_fn or (lambda metrics, step: None)
         r, t = cfg.resources, cfg.train
         gpus = learner_gpus(r.learner_gpus)
-        self.cpus = cpus = cpu_requests(r, local_cluster_cpus())
+        cpus = cpu_requests(r, local_cluster_cpus())
         run_dir = str(run_dir) if run_dir is not None else None
         self.store = WeightStoreActor.remote()
         # The replay writes its log into the run directory, so it lives on the driver's node.
@@ -115,10 +115,7 @@ class Driver:
 
     def latest_policy_weights(self) -> dict | None:
         """The newest published policy, or None if there is none (yet, or since the store restarted)."""
-        return self._latest_weights("policy")
-
-    def _latest_weights(self, kind: str) -> dict | None:
-        held = self._latest_ref(kind)
+        held = self._latest_ref("policy")
         try:
             return ray.get(held[1]) if held else None
         except ACTOR_ERRORS:  # the store died after answering: its objects went with it
@@ -149,9 +146,8 @@ class Driver:
                 self._schedule_workers()
                 self._schedule_learners()
                 if s.eval_due() and not self._calls("eval"):
-                    step = s.eval_started()
-                    ref, weights, version = self._submit_eval()
-                    self._inflight[ref] = Call("eval", step, weights=weights, version=version)
+                    ref, call = self._submit_eval(s.eval_started())
+                    self._inflight[ref] = call
             if not any(call.kind != "eval" for call in self._inflight.values()):
                 if drain:
                     if checkpoint:
@@ -172,13 +168,12 @@ class Driver:
 
         self.drain()
         if s.final_eval_needed():
-            ref, weights, version = self._submit_eval()
-            self._finish_eval(ref, Call("eval", s.env_steps, weights=weights, version=version))
+            self._finish_eval(*self._submit_eval(s.env_steps))
         self._report(progress, force=True)
-        wall_s = time.monotonic() - start
+        end = time.monotonic()
         return {
-            **s.summary(wall_s),
-            "utilisation": self._utilisation(time.monotonic()),
+            **s.summary(end - start),
+            "utilisation": self._utilisation(end),
             "policy_versions_used": len(self.policy_versions_used),
             "worker_nodes": sorted(set(self.worker_nodes.values())),
             "worker_steps": dict(self.worker_steps),
@@ -327,10 +322,10 @@ class Driver:
                 shares[f"{names[kind]}_data_wait"] = self.data_wait[kind] / wall
         return shares
 
-    def _submit_eval(self) -> tuple:
-        """Start evaluating the newest published policy in the evaluation actor; returns the result's ref,
-        the weights evaluated (an object ref, or the learner's initial weights before any publication) and
-        their version (policy updates)."""
+    def _submit_eval(self, step: int) -> tuple:
+        """Start evaluating the newest published policy (the one at env step `step`) in the evaluation
+        actor; returns the result's ref and its `Call`, which holds the weights evaluated (an object ref,
+        or the learner's initial weights before any publication) and their version (policy updates)."""
         held = self._latest_ref("policy")
         if held is None:  # before the first publication: the initial policy the learner starts from
             version = 0
@@ -339,7 +334,8 @@ class Driver:
             version, weights = held
         model = self._latest_ref("model") if self.cfg.diagnostics.enabled else None
         seed = 10_000 + self.cfg.train.seed
-        return self.evaluator.evaluate.remote(weights, model[1] if model else None, seed), weights, version
+        ref = self.evaluator.evaluate.remote(weights, model[1] if model else None, seed)
+        return ref, Call("eval", step, weights=weights, version=version)
 
     def _finish_eval(self, ref, call: Call) -> None:
         result = ray.get(ref)
