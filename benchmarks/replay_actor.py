@@ -5,10 +5,10 @@ insert from an env worker and every batch for a learner is one actor call. This
 measures, at HalfCheetah-v5 sizes (obs 17, action 6, E = 7 bootstrap weights):
 
 - inserts: chunks of `--chunk` transitions through `insert_chunk` (what env workers
-  call: bootstrap draws, dedup by `(stream, seq)`, the durable log when there is a run
-  directory), one call at a time and waiting for each acknowledgement as a worker
-  does, and also with `--inflight` calls outstanding (the actor's throughput when many
-  workers insert at once);
+  call: bootstrap draws, in-order exactly-once acceptance by `(stream, seq)`, the
+  durable log when there is a run directory), one call at a time and waiting for each
+  acknowledgement as a worker does, and also through a `ChunkSender` keeping
+  `--inflight` inserts outstanding (pipelined);
 - samples: `sample(--batch)` model batches and `sample_start_states(128)` with linear
   weights from a window of `--fill` transitions, one call at a time as a learner's
   prefetcher does;
@@ -16,7 +16,7 @@ measures, at HalfCheetah-v5 sizes (obs 17, action 6, E = 7 bootstrap weights):
 each against the same operation on the plain class in this process: `ReplayBuffer`
 for the bare cost and `DurableReplayBuffer` (same run directory setting) for the
 like-for-like ratio. With a run directory (a temp dir) every accepted chunk is written
-to the log as an `.npz` with `fsync` before it is acknowledged. Measurements are
+to the log (one write) before it is acknowledged, fsync'd by group commit every 50 ms. Measurements are
 interleaved repetition by repetition so that machine noise hits all alike; medians.
 
     PYTHONPATH=. .venv/bin/python benchmarks/replay_actor.py [--reps 3] [--seconds 1.0] [--fill 100000]
@@ -30,7 +30,9 @@ import shutil
 import statistics
 import tempfile
 import time
+import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -76,8 +78,8 @@ class InProc:
         batch = self.chunks[self.i % len(self.chunks)]
         self.i += 1
         if self.chunk_api:
-            self.seq += 1
             self.buf.insert_chunk(batch, self.stream, self.seq)
+            self.seq += 1
         else:
             self.buf.insert(batch)
 
@@ -94,22 +96,26 @@ class Remote:
     def __init__(self, actor, chunks, inflight: int):
         import ray
 
+        from umpo_dist.runtime.ray.chunk_sender import ChunkSender
+
         self.ray, self.actor, self.chunks, self.inflight = ray, actor, chunks, inflight
         # The chunk dict is passed by value, so each call serialises it as a worker's call does.
-        self.stream, self.seq, self.i = uuid.uuid4().hex, 0, 0
+        self.i = 0
+        self.sender = ChunkSender(actor, uuid.uuid4().hex, window=1)
+        self.pipelined = ChunkSender(actor, uuid.uuid4().hex, window=inflight)
 
-    def _next(self):
-        batch = self.chunks[self.i % len(self.chunks)]
+    def _batch(self) -> dict:
         self.i += 1
-        self.seq += 1
-        return self.actor.insert_chunk.remote(batch, self.stream, self.seq)
+        return self.chunks[(self.i - 1) % len(self.chunks)]
 
     def insert(self) -> None:
-        self.ray.get(self._next())
+        self.sender.send(self._batch())
+        self.sender.flush()
 
     def insert_pipelined(self) -> None:
-        """`inflight` inserts outstanding at once; one step = `inflight` chunks."""
-        self.ray.get([self._next() for _ in range(self.inflight)])
+        """`inflight` chunks through a `ChunkSender` that keeps up to `inflight` inserts outstanding."""
+        for _ in range(self.inflight):
+            self.pipelined.send(self._batch())
 
     def sample(self, n: int) -> None:
         self.ray.get(self.actor.sample.remote(n))
@@ -131,6 +137,7 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=8, help="outstanding inserts in the pipelined variant")
     p.add_argument("--seconds", type=float, default=1.0, help="timed seconds per measurement per repetition")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median shown)")
+    p.add_argument("--no-csv", action="store_true", help="print only (default: append rows to runtime.csv)")
     p.add_argument("--tmp", default=None, help="parent directory of the temp run directories (default: system temp)")
     args = p.parse_args()
 
@@ -196,7 +203,7 @@ def main() -> None:
         wall = time.perf_counter() - wall
         totals = {name: (ray.get(v.actor.stats.remote()) if isinstance(v, Remote) else v.buf.stats())["total_inserted"]
                   for name, v in variants.items()}
-        log_files = len(os.listdir(os.path.join(tmp, "ray", "replay_log")))
+        log_files = len(os.listdir(os.path.join(tmp, "ray", "replay_log")))  # segments (and a snapshot)
         ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -207,12 +214,12 @@ def main() -> None:
     print(f"replay: obs {o}, action {a}, E={e}, capacity {cap:,}, window {args.fill:,}+ transitions, linear sampling; "
           f"insert chunks of {args.chunk}, sample batches of {args.batch}, start states {args.start_states}")
     print(f"{args.reps} interleaved reps x {args.seconds:g} s per cell (median shown, [min-max]); {wall:.1f} s timed; "
-          f"actors up in {actor_start_s:.1f} s; run_dir on {tmp} ({log_files} chunk files logged by the Ray actor)")
+          f"actors up in {actor_start_s:.1f} s; run_dir on {tmp} ({log_files} log files written by the Ray actor)")
     print(f"load average (1/5/15 min): start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, "
           f"end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}")
     for op in ops:
         unit = {"insert": f"insert_chunk, 1 call at a time (chunks of {args.chunk})",
-                ops[1]: f"insert_chunk, {args.inflight} calls in flight",
+                ops[1]: f"insert_chunk, ChunkSender with {args.inflight} in flight",
                 "sample": f"sample({args.batch}), 1 call at a time",
                 "start states": f"sample_start_states({args.start_states}), 1 call at a time"}[op]
         print()
@@ -243,6 +250,23 @@ def main() -> None:
           f"Ray round trip per insert call {1e6 * args.chunk * (1 / med[('insert', ray_nodir)] - 1 / med[('insert', nodir)]):.0f} us, "
           f"per sample call {1e6 * args.batch * (1 / med[('sample', ray_nodir)] - 1 / med[('sample', nodir)]):.0f} us")
     print("transitions held at the end: " + ", ".join(f"{k.split(' (')[0]} {v:,}" for k, v in totals.items()))
+    if not args.no_csv:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from distributed_vs_inline import COLUMNS, RESULTS, ROOT, append_rows, git_commit
+
+        bench = f"replay_actor (HalfCheetah-v5 sizes, chunks of {args.chunk}, 2 cores)"
+        rows = [{"benchmark": bench, "figure": "durable insert transitions/s, Ray 1 in flight vs in-process",
+                 "value": f"{med[('insert', ray_dir)]:.0f}", "baseline": f"{med[('insert', withdir)]:.0f}",
+                 "ratio": f"{med[('insert', ray_dir)] / med[('insert', withdir)]:.3f}"},
+                {"benchmark": bench, "figure": f"durable insert transitions/s, Ray ChunkSender {args.inflight} in flight "
+                 "vs in-process", "value": f"{med[(ops[1], ray_dir)]:.0f}", "baseline": f"{med[('insert', withdir)]:.0f}",
+                 "ratio": f"{med[(ops[1], ray_dir)] / med[('insert', withdir)]:.3f}"},
+                {"benchmark": bench, "figure": f"sample({args.batch}) transitions/s, Ray vs in-process",
+                 "value": f"{med[('sample', ray_dir)]:.0f}", "baseline": f"{med[('sample', withdir)]:.0f}",
+                 "ratio": f"{med[('sample', ray_dir)] / med[('sample', withdir)]:.3f}"}]
+        commit = git_commit()
+        append_rows([{**row, "commit": commit} for row in rows], RESULTS, COLUMNS)
+        print(f"{len(rows)} rows appended to {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

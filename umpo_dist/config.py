@@ -44,6 +44,9 @@ class EnvConfig:
 class ReplayConfig:
     capacity: int = ranged(1_000_000, 1)  # ring buffer size: the window is the `capacity` newest items
     sampling: str = choice("linear", "linear", "uniform")  # "linear" (newer weighted up, rank-proportional) or "uniform"
+    # Group commit of the replay's log (Ray runtime): fsync at most this often (and at each checkpoint); a
+    # whole-node crash may lose the chunks acknowledged in this window, a killed process nothing. 0: every chunk.
+    sync_every_ms: float = ranged(50.0, 0)
 
 
 @dataclass

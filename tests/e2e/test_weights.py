@@ -177,7 +177,7 @@ def test_policy_learner_publishes_every_publish_every_updates_within_a_call(loca
              "reward": rng.normal(size=n), "next_obs": rng.normal(size=(n, spec.obs_dim)),
              "terminated": np.zeros(n, bool), "truncated": np.zeros(n, bool)}
     assert ray.get(replay.insert_chunk.remote({k: np.asarray(v, np.float32) if v.dtype != bool else v
-                                               for k, v in chunk.items()}, "test", 1)) == n
+                                               for k, v in chunk.items()}, "test", 0)) == n
     store = RecordingStore.remote()
     ray.get(store.publish.remote("model", 1, build_ensemble(spec, cfg.model).state_dict()))
     learner = PolicyLearnerActor.options(num_cpus=0.5).remote(cfg, spec, replay, store)

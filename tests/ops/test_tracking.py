@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 import socket
 
 import pytest
@@ -90,6 +92,26 @@ def test_log_every_zero_writes_at_once(store):
     tracker.log({"x": 3.0}, step=1)
     assert history(tracker, "x") == [(1, 3.0)] and tracker._pending == []
     tracker.end()
+
+
+def test_background_writer_writes_without_the_caller(store, monkeypatch):
+    """With `log_every_s > 0` the loop's `log` only buffers; the writer thread calls the store."""
+    tracker = Tracker(make_cfg(log_every_s=0.05))
+    callers = []
+    real = tracker.client.log_batch
+    monkeypatch.setattr(tracker.client, "log_batch",
+                        lambda *a, **k: callers.append(threading.current_thread().name) or real(*a, **k))
+    for step in range(20):
+        tracker.log({"y": float(step)}, step)
+    for _ in range(1000):  # the writer runs every 50 ms; allow 10 s on a loaded machine
+        if len(history(tracker, "y")) == 20:
+            break
+        time.sleep(0.01)
+    assert history(tracker, "y") == [(s, float(s)) for s in range(20)]
+    assert callers and set(callers) == {"mlflow-writer"}
+    tracker.log({"y": 99.0}, step=99)
+    tracker.end()  # stops the writer and writes what is left, in the caller
+    assert history(tracker, "y")[-1] == (99, 99.0) and not tracker._writer.is_alive()
 
 
 def test_one_log_batch_per_flush(store, monkeypatch):

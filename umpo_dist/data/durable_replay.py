@@ -1,77 +1,68 @@
-"""A replay that loses nothing it acknowledged: an append-only chunk log beside the checkpoints.
+"""A replay that loses nothing it acknowledged: an append-only log beside the checkpoints.
 
-`insert_chunk` writes the chunk — with its bootstrap and held-out draws — to the log
-and fsyncs it before it stores and acknowledges it. A rebuilt replay (a restarted
-actor, a resumed run) loads the newest checkpoint's replay and then replays the log
-records after it, so it holds exactly the transitions it had acknowledged, with the
-same weights. Each checkpoint compacts the log up to its own count. Chunks carry a
-`(stream, seq)` id so a chunk resent after a lost acknowledgement is stored once.
+`insert_chunk` appends the chunk — with its bootstrap and held-out draws — to the log
+(`data/replay_log.py`: one write per chunk, fsync by group commit) before it stores and
+acknowledges it. A rebuilt replay (a restarted actor, a resumed run) loads the newer of
+the newest checkpoint's replay and its own snapshot, then replays the log records after
+it, so it holds exactly the transitions it had acknowledged, with the same draws. Each
+checkpoint compacts the log up to its own count.
+
+Exactly once, in order: chunks carry a `(stream, seq)` id and a stream's chunks are
+accepted only in order, from seq 0. A resend of an accepted chunk is acknowledged
+without storing it again; a chunk that arrives after a gap (an earlier one was lost
+while the replay restarted, later ones already in flight) is refused with
+`ChunkOutOfOrder`, which names the seq to resend from. So a sender may keep several
+inserts in flight (`runtime/ray/chunk_sender.py`).
+
+Bounded: it keeps the newest seq of the `MAX_STREAMS` most recently active streams
+only. Without checkpoints to compact it (`checkpoint_every: 0`) the log would grow
+with the run, so once it holds more than `capacity` transitions the replay writes its
+own snapshot (`replay_log/snapshot.npz`) and drops the log below it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from umpo_dist.data.replay import ReplayBuffer, read_replay_state
-from umpo_dist.files import atomic_write, fsync_dir
+from umpo_dist.data.replay import ReplayBuffer, read_replay_state, write_replay_state
+from umpo_dist.data.replay_log import ReplayLog
 
 
-class ReplayLog:
-    """One `.npz` file per accepted chunk, named by its first global index and length."""
+# Streams whose newest seq is kept. A stream dropped while its sender still lives costs nothing wrong: its next
+# chunk is refused as out of order and the sender renumbers from 0 (`runtime/ray/chunk_sender.py`).
+MAX_STREAMS = 1024
 
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
 
-    def append(self, start: int, stream: str, seq: int, batch: dict[str, np.ndarray], rng_state: str = "") -> Path:
-        m = len(batch["reward"])
-        path = self.directory / f"chunk_{start:012d}_{m:06d}.npz"
-        atomic_write(path, lambda fh: np.savez(fh, stream=np.array(stream), seq=np.array(seq),
-                                               rng_state=np.array(rng_state), **batch))
-        fsync_dir(self.directory)
-        return path
+class ChunkOutOfOrder(Exception):
+    """A chunk arrived before an earlier one of its stream: resend from `expected`."""
 
-    def _files(self) -> list[tuple[int, int, Path]]:
-        out = []
-        for path in self.directory.glob("chunk_*.npz"):
-            _, start, m = path.stem.split("_")
-            out.append((int(start), int(m), path))
-        return sorted(out)
+    def __init__(self, stream: str, seq: int, expected: int):
+        super().__init__(f"chunk {seq} of stream {stream!r} arrived out of order: the replay expects chunk "
+                         f"{expected} (resend from there)")
+        self.stream, self.seq, self.expected = stream, seq, expected
 
-    def records(self, after: int = 0) -> Iterator[tuple[int, str, int, dict[str, np.ndarray], str]]:
-        """`(start, stream, seq, batch, rng_state)` of every chunk that ends after global index `after`."""
-        for start, m, path in self._files():
-            if start + m <= after:
-                continue
-            with np.load(path, allow_pickle=False) as data:
-                batch = {k: data[k] for k in data.files if k not in ("stream", "seq", "rng_state")}
-                rng_state = str(data["rng_state"]) if "rng_state" in data.files else ""
-                yield start, str(data["stream"]), int(data["seq"]), batch, rng_state
-
-    def compact(self, upto: int) -> int:
-        """Delete the chunks wholly below global index `upto` (they are in a checkpoint); returns how many."""
-        removed = 0
-        for start, m, path in self._files():
-            if start + m <= upto:
-                path.unlink()
-                removed += 1
-        for stale in self.directory.glob("*.tmp"):
-            stale.unlink()
-        return removed
+    def __reduce__(self):  # crosses process boundaries (a Ray actor's error) with its fields
+        return ChunkOutOfOrder, (self.stream, self.seq, self.expected)
 
 
 class DurableReplayBuffer(ReplayBuffer):
-    def __init__(self, *args, run_dir: str | Path | None = None, **kwargs):
+    def __init__(self, *args, run_dir: str | Path | None = None, sync_every_ms: float = 50.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.streams: dict[str, int] = {}  # highest chunk seq accepted per sender
-        self.log = ReplayLog(Path(run_dir) / "replay_log") if run_dir is not None else None
+        self.log = ReplayLog(Path(run_dir) / "replay_log", sync_every_ms) if run_dir is not None else None
         self.recovered_from_log = 0
+        self.logged = 0  # transitions in the log (not yet covered by a checkpoint or snapshot)
+        self.snapshots = 0  # snapshots written by this instance
+        self.snapshot_total: int | None = None  # transitions the snapshot on disk holds, if there is one
         if run_dir is not None:
             self._recover(Path(run_dir))
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.log.directory / "snapshot.npz"
 
     def _recover(self, run_dir: Path) -> None:
         from umpo_dist.ops.checkpoint import CheckpointError, resolve_checkpoint, verify_checkpoint
@@ -83,6 +74,11 @@ class DurableReplayBuffer(ReplayBuffer):
         if path is not None:
             verify_checkpoint(path)
             self.load_state(read_replay_state(path / "replay.npz"))
+        if self.snapshot_path.is_file():
+            snapshot = read_replay_state(self.snapshot_path)
+            self.snapshot_total = int(snapshot["total_inserted"])
+            if self.snapshot_total > self.total_inserted:
+                self.load_state(snapshot)
         for start, stream, seq, batch, rng_state in self.log.records(after=self.total_inserted):
             if start != self.total_inserted:
                 raise RuntimeError(
@@ -90,24 +86,60 @@ class DurableReplayBuffer(ReplayBuffer):
                     f"the replay holds {self.total_inserted}"
                 )
             self.insert(batch)
-            self.streams[stream] = max(seq, self.streams.get(stream, -1))
+            self._accepted(stream, max(seq, self.streams.get(stream, -1)))
             self.recovered_from_log += len(batch["reward"])
             if rng_state:  # continue the draws where the logged ones ended, never repeat them
                 self.rng.bit_generator.state = json.loads(rng_state)
+        self.logged = self.recovered_from_log
 
     def insert_chunk(self, batch: dict[str, np.ndarray], stream: str, seq: int) -> int:
-        """Make the chunk durable, store it, and return the acknowledged total."""
-        if seq <= self.streams.get(stream, -1):
+        """Make the chunk durable, store it, and return the acknowledged total.
+
+        Raises `ChunkOutOfOrder` for a chunk after a gap in its stream.
+        """
+        expected = self.streams.get(stream, -1) + 1
+        if seq < expected:
             return self.total_inserted  # a resend of a chunk already accepted
+        if seq > expected:
+            raise ChunkOutOfOrder(stream, seq, expected)
         full = self.with_insert_draws(batch)
+        m = len(full["reward"])
         if self.log is not None:
             self.log.append(self.total_inserted, stream, seq, full, json.dumps(self.rng.bit_generator.state))
         self.insert(full)
-        self.streams[stream] = seq
+        self._accepted(stream, seq)
+        if self.log is not None:
+            self.logged += m
+            if self.logged > self.capacity:
+                self.snapshot()
         return self.total_inserted
 
+    def _accepted(self, stream: str, seq: int) -> None:
+        """Record the stream's newest seq; only the `MAX_STREAMS` most recently active streams are kept
+        (every restarted env worker starts a new one), the others have ended."""
+        self.streams.pop(stream, None)
+        self.streams[stream] = seq
+        if len(self.streams) > MAX_STREAMS:
+            del self.streams[next(iter(self.streams))]
+
+    def snapshot(self) -> None:
+        """Write the whole replay to `replay_log/snapshot.npz` and drop the log below it."""
+        write_replay_state(self.state(), self.snapshot_path)
+        self.snapshots += 1
+        self.snapshot_total = self.total_inserted
+        self.log.compact(self.total_inserted, self.total_inserted)
+        self.logged = 0
+
     def compact(self, upto: int) -> int:
-        return self.log.compact(upto) if self.log is not None else 0
+        """The transitions below `upto` are in a checkpoint (or snapshot): sync, and drop the log below it."""
+        if self.log is None:
+            return 0
+        removed = self.log.compact(upto, self.total_inserted)
+        self.logged = max(0, min(self.logged, self.total_inserted - upto))
+        if self.snapshot_total is not None and upto >= self.snapshot_total:
+            self.snapshot_path.unlink(missing_ok=True)  # the checkpoint holds all it held
+            self.snapshot_total = None
+        return removed
 
     def state(self) -> dict[str, np.ndarray]:
         state = super().state()

@@ -2,9 +2,13 @@
 
 The tracking URI is MLflow's own resolution: `MLFLOW_TRACKING_URI` if set, else the
 default `sqlite:///mlflow.db` in the working directory. A `log_metric` call to a
-SQLite store costs ~10 ms, so metrics are buffered and written with one `log_batch`
-every `log_every_s` seconds, out of the hot loops. A store that fails mid-run does
-not stop the run: the batch is kept and retried, and the gap is counted.
+SQLite store costs ~10 ms and one to a tracking server a round trip (seconds when it
+is slow or down), so metrics are buffered and written with one `log_batch` every
+`log_every_s` seconds by a background writer thread: the training loop only appends
+to the buffer and never waits for the store (`log_every_s: 0` writes at each `log`
+call instead, in the caller). A store that fails mid-run does not stop the run: the
+batch is kept and retried, and the gap is counted. `flush` (checkpoints, the end)
+writes what is buffered before it returns.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import os
 import platform
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -96,32 +101,47 @@ class Tracker:
                 self.client.log_batch(self.run_id, params=params[i : i + 100])
             self.log_text(dump(cfg), "config.yaml")
         self._pending: list[Metric] = []
-        self._last_flush = time.monotonic()
+        self._pending_lock = threading.Lock()  # the buffer, shared by the loop and the writer
+        self._flush_lock = threading.Lock()  # one flush at a time
         self.failed_flushes = 0
         self._gaps_logged = 0
+        self._stop = threading.Event()
+        self._writer = None
+        if self.log_every_s > 0:
+            self._writer = threading.Thread(target=self._write_periodically, name="mlflow-writer", daemon=True)
+            self._writer.start()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         now_ms = int(time.time() * 1000)
-        for key, value in metrics.items():
-            if value is None:
-                continue
-            self._pending.append(Metric(key, float(value), now_ms, int(step)))
-        if time.monotonic() - self._last_flush >= self.log_every_s:
+        points = [Metric(key, float(value), now_ms, int(step)) for key, value in metrics.items() if value is not None]
+        with self._pending_lock:
+            self._pending.extend(points)
+        if self._writer is None:
+            self.flush()
+
+    def _write_periodically(self) -> None:
+        while not self._stop.wait(self.log_every_s):
             self.flush()
 
     def flush(self) -> bool:
-        self._last_flush = time.monotonic()
-        if not self._pending:
-            return True
-        while self._pending:
-            try:
-                self.client.log_batch(self.run_id, metrics=self._pending[:1000])
-            except Exception as exc:
-                self.failed_flushes += 1
-                self._pending = self._pending[-MAX_PENDING:]
-                log.warning("MLflow store unreachable (%s); keeping %d metric points to retry", exc, len(self._pending))
-                return False
-            self._pending = self._pending[1000:]
+        """Write every buffered point; False (and the points kept, the newest `MAX_PENDING`) if the store failed."""
+        with self._flush_lock:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            while batch:
+                try:
+                    self.client.log_batch(self.run_id, metrics=batch[:1000])
+                except Exception as exc:
+                    self.failed_flushes += 1
+                    with self._pending_lock:
+                        self._pending = (batch + self._pending)[-MAX_PENDING:]
+                        kept = len(self._pending)
+                    log.warning("MLflow store unreachable (%s); keeping %d metric points to retry", exc, kept)
+                    return False
+                batch = batch[1000:]
+            return self._record_gap()
+
+    def _record_gap(self) -> bool:
         if self.failed_flushes != self._gaps_logged:
             # Record the gap, so a reader of the run knows some points arrived late.
             gap = Metric("tracking/failed_flushes", float(self.failed_flushes), int(time.time() * 1000), 0)
@@ -147,6 +167,9 @@ class Tracker:
         self.client.log_text(self.run_id, text, artifact_file)
 
     def end(self, status: str = "FINISHED") -> None:
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join(timeout=60)
         self.flush()
         self.client.set_terminated(self.run_id, status=status)
 

@@ -53,7 +53,7 @@ class Driver:
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         self.replay = ReplayActor.options(scheduling_strategy=here).remote(
             spec.obs_dim, spec.action_dim, cfg.replay.capacity, cfg.model.ensemble_size, cfg.replay.sampling,
-            cfg.model.holdout_fraction, t.seed, run_dir=run_dir,
+            cfg.model.holdout_fraction, t.seed, run_dir=run_dir, sync_every_ms=cfg.replay.sync_every_ms,
         )
         self.model_learner = ModelLearnerActor.options(num_cpus=cpus.model_learner, num_gpus=gpus).remote(
             cfg, spec, self.replay, self.store, run_dir)

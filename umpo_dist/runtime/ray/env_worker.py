@@ -18,7 +18,8 @@ from umpo_dist.devices import set_threads
 from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.policy import build_policy
 from umpo_dist.runtime.ray.cluster import assigned_cpus
-from umpo_dist.runtime.ray.retry import call_with_retry, was_restarted
+from umpo_dist.runtime.ray.chunk_sender import ChunkSender
+from umpo_dist.runtime.ray.retry import was_restarted
 from umpo_dist.runtime.ray.weights import WeightSubscriber
 
 
@@ -34,10 +35,9 @@ class EnvWorker:
             seed += 1 + uuid.UUID(self.stream).int % 1_000_000
         self.collector = EnvCollector(spec.env_id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
         self.policy = build_policy(spec, cfg.policy)
-        self.replay = replay
+        self.sender = ChunkSender(replay, self.stream)
         self.policy_weights = WeightSubscriber(store, "policy")
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.seq = 0
         self.refresh_every = cfg.train.publish_every
         self._acted = 0
 
@@ -56,7 +56,7 @@ class EnvWorker:
         """Step `num_steps` times, push the transitions to the replay, wait for its acknowledgement.
 
         A chunk that is not acknowledged (the replay is restarting) is resent with the
-        same id until it is; the replay stores it once.
+        same id until it is; the replay stores it once (`ChunkSender`).
         """
         started = time.perf_counter()
         self._refresh()
@@ -65,9 +65,9 @@ class EnvWorker:
         inserted = len(batch.get("reward", ()))
         total = None
         if inserted:
-            self.seq += 1
-            seq = self.seq
-            total = call_with_retry(lambda: self.replay.insert_chunk.remote(batch, self.stream, seq), "replay insert")
+            self.sender.send(batch)
+            self.sender.flush()
+            total = self.sender.total
         return {
             "steps": inserted,
             "replay_total": total,
