@@ -10,8 +10,8 @@ measures, at HalfCheetah-v5 sizes (obs 17, action 6, E = 7 bootstrap weights):
   acknowledgement as a worker does, and also through a `ChunkSender` keeping
   `--inflight` inserts outstanding (pipelined);
 - samples: `sample(--batch)` model batches and `sample_start_states(128)` with linear
-  weights from a window of `--fill` transitions, one call at a time as a learner's
-  prefetcher does;
+  weights from a window of `--fill` transitions, one call at a time, and `--many`
+  model batches per call (`ReplayActor.many`, as the learners fetch them);
 
 each against the same operation on the plain class in this process: `ReplayBuffer`
 for the bare cost and `DurableReplayBuffer` (same run directory setting) for the
@@ -120,6 +120,9 @@ class Remote:
     def sample(self, n: int) -> None:
         self.ray.get(self.actor.sample.remote(n))
 
+    def sample_many(self, n: int, k: int) -> None:
+        self.ray.get(self.actor.many.remote(k, "sample", n))
+
     def start_states(self, n: int) -> None:
         self.ray.get(self.actor.sample_start_states.remote(n))
 
@@ -131,6 +134,7 @@ def main() -> None:
     p.add_argument("--ensemble", type=int, default=7, help="bootstrap weights per transition (E)")
     p.add_argument("--chunk", type=int, default=100, help="transitions per insert call")
     p.add_argument("--batch", type=int, default=256, help="transitions per sample call")
+    p.add_argument("--many", type=int, default=16, help="batches per call in the batched-sample variant")
     p.add_argument("--start-states", type=int, default=128, help="states per sample_start_states call")
     p.add_argument("--capacity", type=int, default=1_000_000, help="ring buffer capacity (config default)")
     p.add_argument("--fill", type=int, default=100_000, help="transitions in the window before sampling")
@@ -180,8 +184,10 @@ def main() -> None:
             else:
                 v.buf.insert(fill)
 
-        ops = ["insert", "insert x{}".format(args.inflight), "sample", "start states"]
+        many = f"sample x{args.many}"
+        ops = ["insert", "insert x{}".format(args.inflight), "sample", many, "start states"]
         per_call = {"insert": args.chunk, ops[1]: args.chunk * args.inflight, "sample": args.batch,
+                    many: args.batch * args.many,
                     "start states": args.start_states}
         results: dict[tuple[str, str], list[float]] = {}
         wall = time.perf_counter()
@@ -194,6 +200,10 @@ def main() -> None:
                         fn = v.insert_pipelined
                     elif op == "insert":
                         fn = v.insert
+                    elif op == many:
+                        if not isinstance(v, Remote):
+                            continue
+                        fn = lambda v=v: v.sample_many(args.batch, args.many)  # noqa: E731
                     elif op == "sample":
                         fn = lambda v=v: v.sample(args.batch)  # noqa: E731
                     else:
@@ -221,6 +231,7 @@ def main() -> None:
         unit = {"insert": f"insert_chunk, 1 call at a time (chunks of {args.chunk})",
                 ops[1]: f"insert_chunk, ChunkSender with {args.inflight} in flight",
                 "sample": f"sample({args.batch}), 1 call at a time",
+                many: f"many({args.many}, 'sample', {args.batch}): {args.many} batches per call",
                 "start states": f"sample_start_states({args.start_states}), 1 call at a time"}[op]
         print()
         header = f"{unit:<56}{'transitions/s':>22}{'calls/s':>10}{'Ray/in-proc':>13}"
@@ -233,7 +244,7 @@ def main() -> None:
             m = med[(op, name)]
             ratio = ""
             base = baseline_of.get(name)
-            base_op = "insert" if op == ops[1] else op
+            base_op = {ops[1]: "insert", many: "sample"}.get(op, op)
             if base is not None and (base_op, base) in med:
                 ratio = f"{m / med[(base_op, base)]:.3f}x"
             cell = f"{m:>11,.0f} [{min(vals) / 1e3:.0f}k-{max(vals) / 1e3:.0f}k]"
@@ -263,7 +274,10 @@ def main() -> None:
                  "ratio": f"{med[(ops[1], ray_dir)] / med[('insert', withdir)]:.3f}"},
                 {"benchmark": bench, "figure": f"sample({args.batch}) transitions/s, Ray vs in-process",
                  "value": f"{med[('sample', ray_dir)]:.0f}", "baseline": f"{med[('sample', withdir)]:.0f}",
-                 "ratio": f"{med[('sample', ray_dir)] / med[('sample', withdir)]:.3f}"}]
+                 "ratio": f"{med[('sample', ray_dir)] / med[('sample', withdir)]:.3f}"},
+                {"benchmark": bench, "figure": f"sample({args.batch}) transitions/s, Ray {args.many} batches per call "
+                 "vs in-process", "value": f"{med[(many, ray_dir)]:.0f}", "baseline": f"{med[('sample', withdir)]:.0f}",
+                 "ratio": f"{med[(many, ray_dir)] / med[('sample', withdir)]:.3f}"}]
         commit = git_commit()
         append_rows([{**row, "commit": commit} for row in rows], RESULTS, COLUMNS)
         print(f"{len(rows)} rows appended to {RESULTS.relative_to(ROOT)}")

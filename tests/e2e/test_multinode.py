@@ -1,4 +1,4 @@
-"""Two Ray nodes on one machine: env workers spread over both and the run completes."""
+"""Several Ray nodes on one machine: env workers spread over them, a node is lost, and the run completes."""
 
 import pytest
 import ray
@@ -33,9 +33,11 @@ def test_env_workers_land_on_both_nodes(workdir):
 
 
 def test_lost_node_actors_are_rescheduled(workdir):
-    # The head holds the learners (0.5 CPU each) and one env worker (1 CPU): full. The other worker
-    # can only go to the extra node. When that node goes, a new one joins, where it is rescheduled.
+    # Three nodes. The head holds the learners (0.5 CPU each) and one env worker (1 CPU): full. The
+    # two other workers can only go to the two other nodes, one each. When the extra node goes, a new
+    # one joins, where its worker is rescheduled; nothing a worker had acknowledged is lost.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    stable = cluster.add_node(num_cpus=1)
     extra = cluster.add_node(num_cpus=1)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
@@ -65,7 +67,8 @@ def test_lost_node_actors_are_rescheduled(workdir):
             holder.append(driver)
 
         holder = []
-        summary = train(ip_config(*RUN, "resources.worker_cpus=1"), progress=False, callbacks=[remove_node_under_a_call])
+        summary = train(ip_config(*RUN, "resources.worker_cpus=1", "resources.num_env_workers=3"), progress=False,
+                        callbacks=[remove_node_under_a_call])
         assert removed
         print("failures:", summary["failures"], "recoveries:", summary["recoveries"])
         assert summary["recoveries"].get("worker"), "the env worker of the removed node should have come back"
@@ -73,6 +76,10 @@ def test_lost_node_actors_are_rescheduled(workdir):
         assert extra.node_id not in alive
         # The lost worker was rescheduled on the node that joined, and collected there.
         assert holder[0].worker_nodes[lost[0]] == added[0].node_id
+        assert set(holder[0].worker_nodes.values()) == {cluster.head_node.node_id, stable.node_id, added[0].node_id}
+        # Every transition a worker reported acknowledged is in the replay (it may hold more: chunks
+        # acknowledged to a worker that died before it could report them).
+        assert 0 < summary["acknowledged_in_session"] <= summary["env_steps"]
         finished_consistently(summary)
     finally:
         ray.shutdown()

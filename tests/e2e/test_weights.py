@@ -95,6 +95,10 @@ def sequencer(local_ray):
             time.sleep(delay_s)
             return self.arrived, tag
 
+        def many(self, tag, k):
+            self.arrived += 1
+            return [(self.arrived, tag, i) for i in range(k)]
+
         def count(self):
             return self.arrived
 
@@ -115,6 +119,37 @@ def test_prefetcher_keeps_one_request_in_flight_and_answers_in_order(sequencer):
         assert prefetch.next() == (k + 1, k)
         assert len(issued) == k + 2
     assert ray.get(sequencer.count.remote()) == 6  # five answered, one in flight (actor calls run in order)
+
+
+def test_batched_prefetcher_hands_out_each_answer_item_by_item_in_order(sequencer):
+    """`batched`: every answer is a list (`ReplayActor.many`); one request is in flight while it is used up."""
+    issued = []
+
+    def request():
+        issued.append(len(issued))
+        return sequencer.many.remote(issued[-1], 3)
+
+    prefetch = Prefetcher(request, "sequence", batched=True)
+    got = [prefetch.next() for _ in range(7)]
+    assert [(tag, i) for _, tag, i in got] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)]
+    assert issued == [0, 1, 2, 3]  # three answers used, the fourth asked for ahead
+
+
+def test_replay_many_answers_k_samples_in_one_call(local_ray):
+    import numpy as np
+
+    from umpo_dist.runtime.ray.replay_actor import ReplayActor
+
+    replay = ReplayActor.remote(2, 1, 100, 3, "linear", 0.0, 0)
+    m = 50
+    ray.get(replay.insert.remote({"obs": np.zeros((m, 2), np.float32), "action": np.zeros((m, 1), np.float32),
+                                  "reward": np.arange(m, dtype=np.float32), "next_obs": np.zeros((m, 2), np.float32),
+                                  "terminated": np.zeros(m, np.float32), "truncated": np.zeros(m, np.float32)}))
+    batches = ray.get(replay.many.remote(4, "sample", 16))
+    assert len(batches) == 4 and all(b["reward"].shape == (16,) for b in batches)
+    assert len({b["reward"].tobytes() for b in batches}) == 4  # four draws, not one repeated
+    with pytest.raises(ValueError, match="'insert' is not a sampling method"):
+        ray.get(replay.many.remote(2, "insert", {}))
 
 
 def test_prefetcher_drops_the_prefetch_of_a_dead_actor_and_asks_the_restarted_one(sequencer):

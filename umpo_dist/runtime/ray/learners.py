@@ -14,6 +14,7 @@ run's last checkpoint and the newest weights it had published.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 import ray
@@ -30,14 +31,26 @@ from umpo_dist.runtime.ray.weights import WeightSubscriber, publish
 
 
 class Prefetcher:
-    """Keeps one request in flight: `next()` returns the pending result and issues the next request."""
+    """Keeps one request in flight: `next()` returns the pending result and issues the next request.
 
-    def __init__(self, request, what: str):
-        self.request, self.what = request, what
+    With `batched`, each answer is a list (several batches from one replay call, `ReplayActor.many`)
+    that `next()` hands out one item at a time, asking again when it is used up.
+    """
+
+    def __init__(self, request, what: str, batched: bool = False):
+        self.request, self.what, self.batched = request, what, batched
         self._ref = None
+        self._items: deque = deque()
         self.waited_s = 0.0  # seconds `next()` spent blocked on answers (the prefetch was not ready)
 
     def next(self):
+        if not self.batched:
+            return self._answer()
+        while not self._items:
+            self._items.extend(self._answer())
+        return self._items.popleft()
+
+    def _answer(self):
         ref = self._ref if self._ref is not None else self.request()
         self._ref = self.request()
         started = time.perf_counter()
@@ -112,7 +125,9 @@ class ModelLearnerActor(_LearnerActor):
         super().__init__(cfg, store, run_dir)
         self.learner = ModelLearner(cfg.model, spec.obs_dim, spec.action_dim, self.device, cfg.train.seed)
         self.replay = replay
-        self.batches = Prefetcher(lambda: replay.sample.remote(cfg.model.batch_size), "replay sample")
+        k = cfg.resources.batches_per_call
+        self.batches = Prefetcher(lambda: replay.many.remote(k, "sample", cfg.model.batch_size), "replay sample",
+                                  batched=True)
         if self.restarted:
             self._restore()
 
@@ -143,7 +158,9 @@ class PolicyLearnerActor(_LearnerActor):
         self.learner = build_objective(cfg, spec, self.device)
         self.model_weights = WeightSubscriber(store, "model")
         needs = self.learner.needs
-        self.data = Prefetcher(lambda: replay.sample_for.remote(needs), "replay sample for the objective")
+        k = cfg.resources.batches_per_call
+        self.data = Prefetcher(lambda: replay.many.remote(k, "sample_for", needs), "replay sample for the objective",
+                               batched=True)
         if self.restarted:
             self._restore()
 

@@ -15,3 +15,10 @@ class ReplayActor(DurableReplayBuffer):
     hold the cores. Given a run directory it logs each accepted chunk before
     acknowledging it, and a restart rebuilds it from the checkpoint and that log.
     """
+
+    def many(self, count: int, method: str, *args) -> list:
+        """`count` answers of a sampling method in one call: a learner's next batches, one round trip."""
+        if method not in ("sample", "sample_for", "sample_start_states"):
+            raise ValueError(f"ReplayActor.many: {method!r} is not a sampling method")
+        fn = getattr(self, method)
+        return [fn(*args) for _ in range(count)]
