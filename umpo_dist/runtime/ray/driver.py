@@ -162,6 +162,8 @@ class Driver:
                         continue
                     raise RuntimeError("scheduler stalled: nothing in flight and nothing allowed; check the ratios")
             ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
+            if ready and len(self._inflight) > 1:  # every call finished by now, handled in this one turn
+                ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=0)
             for ref in ready:
                 self._handle(self._inflight.pop(ref), ref)
             self._report(progress)
