@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import ray
@@ -9,6 +11,7 @@ import ray
 from umpo_dist.data.durable_replay import ChunkOutOfOrder
 from umpo_dist.runtime.ray.chunk_sender import ChunkSender
 from umpo_dist.runtime.ray.replay_actor import ReplayActor
+from umpo_dist.runtime.ray.retry import ACTOR_ERRORS
 
 OBS, ACT, E = 3, 2, 4
 
@@ -71,9 +74,21 @@ def test_a_replay_without_run_dir_restarts_empty_and_the_stream_goes_on(local_ra
         sender.send(chunk(k, 4))
     sender.flush()
     ray.kill(replay, no_restart=False)
+    # Wait for the restarted, empty replay: a chunk sent at once may still reach the dying one and be
+    # acknowledged by it, and then be lost with it (that is what no run directory means).
+    for _ in range(1200):
+        try:
+            if ray.get(replay.stats.remote())["total_inserted"] == 0:
+                break
+        except ACTOR_ERRORS:
+            pass
+        time.sleep(0.1)
+    else:
+        pytest.fail("the killed replay did not come back within 2 minutes")
     for k in range(5, 8):
         sender.send(chunk(k, 4))
     sender.flush()
     # Nothing durable: what was acknowledged before the kill is gone, what came after is there once.
     np.testing.assert_array_equal(rewards(replay), np.concatenate([chunk(k, 4)["reward"] for k in range(5, 8)]))
     assert sender.acknowledged == 32
+    assert sender.resends >= 1 and sender.next_seq == 3  # refused at seq 5, the stream went on from 0
