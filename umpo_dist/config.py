@@ -160,7 +160,9 @@ class ResourcesConfig:
     learner_gpus: str = "auto"  # "auto" (1 each if the cluster has GPUs), or a number per learner
     chunk_size: int = ranged(100, 1)  # transitions an env worker pushes per message
     ratio_tolerance: int = ranged(100, 1)  # env steps the workers may run ahead of the learners (about one chunk)
-    batches_per_call: int = ranged(4, 1)  # replay batches a learner fetches per call (one round trip for several)
+    # Replay batches a learner fetches per call: one round trip for several (raise it for GPU learners, whose
+    # call rate the replay feels; on a CPU the prefetched call is never waited for, and batches drawn ahead are older).
+    batches_per_call: int = ranged(1, 1)
 
 
 @dataclass
