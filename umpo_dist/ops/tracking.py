@@ -166,10 +166,19 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
-    def end(self, status: str = "FINISHED") -> None:
+    def stop_writer(self) -> None:
+        """Stop the background writer and write what is buffered; later `log` calls write at once.
+
+        Before anything else writes to the run's metrics: logging the policy model links the run's
+        metrics to it, and two writers doing that at once collide in the store.
+        """
         self._stop.set()
         if self._writer is not None:
             self._writer.join(timeout=60)
+            self._writer = None
         self.flush()
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.stop_writer()
         self.client.set_terminated(self.run_id, status=status)
 
