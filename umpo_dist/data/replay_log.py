@@ -126,8 +126,6 @@ class ReplayLog:
                 os.close(self._fd)
                 self._fd = None
 
-    close = rotate
-
     def __del__(self):
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
