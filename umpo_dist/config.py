@@ -63,6 +63,9 @@ class ModelConfig:
     validate_every: int = ranged(250, 1)  # model updates between held-out evaluations
     grad_clip: float | None = ranged(None, 0, open_low=True)  # global gradient-norm clip of a model update (null: none)
     rollout_members: str = choice("all", "all", "elites")  # members that imagine: "all", or "elites" (the best held-out ones)
+    # where imagined rollouts end: "learned" (the model's termination head) or "known" (the task's own rule,
+    # umpo_dist/envs/termination.py: Hopper, Walker2d, Ant, InvertedPendulum; as MBPO and DHMBPO do)
+    termination: str = choice("learned", "learned", "known")
 
 
 @dataclass
@@ -86,6 +89,12 @@ class PolicyConfig:
     init_std: float | None = ranged(None, 0.007, 7.3)  # the policy's initial action std before tanh (null: whatever the init gives, ≈ 0.22)
     entropy_in_return: bool = False  # −α·log π inside each particle's return and the value targets (a soft value)
     mean_rewards: bool = False  # imagined rewards are the members' predicted means, not samples
+    # Double horizon (design §1.4): a share of each update's start states drawn from model states that
+    # no-gradient rollouts of the current policy reached (0: replay states only, plain UMPO).
+    model_start_share: float = ranged(0.0, 0, 1)
+    model_start_horizon: int = ranged(20, 1, 1000)  # steps of those distribution rollouts
+    model_start_refresh: int = ranged(10, 1)  # policy updates between distribution rollouts (one per update's starts)
+    model_start_buffer: int = ranged(20000, 1)  # model states kept (oldest dropped first)
 
 
 @dataclass
@@ -290,7 +299,17 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
             raise ConfigError(f"config key 'resources.learner_gpus' = {gpus!r} must be 'auto' or a number >= 0")
     if check_env:
         _check_env_id(cfg.env.id)
+        _check_termination(cfg)
     return cfg
+
+
+def _check_termination(cfg: Config) -> None:
+    from umpo_dist.envs.termination import known_termination, tasks_with_known_termination
+
+    if cfg.model.termination == "known" and known_termination(cfg.env.id) is None:
+        raise ConfigError(f"config key 'model.termination' = 'known': no known termination rule for "
+                          f"'env.id' = {cfg.env.id!r}; rules exist for {', '.join(tasks_with_known_termination())} "
+                          f"(use 'learned' elsewhere)")
 
 
 def _check_objective(name: str) -> None:

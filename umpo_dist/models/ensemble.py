@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from umpo_dist.envs.termination import known_termination
 from umpo_dist.models.normalizer import RunningNormalizer
 
 
@@ -55,6 +56,9 @@ class EnsembleDynamics(nn.Module):
         self.input_norm = RunningNormalizer(obs_dim + action_dim)
         self.target_norm = RunningNormalizer(self.target_dim)
         self.register_buffer("elite_mask", torch.ones(ensemble_size, dtype=torch.bool))
+        # The task's known termination rule (`model.termination: known`): it replaces the termination
+        # head in `step`. Not a weight: set from the config by `build_ensemble`.
+        self.termination_rule = None
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor):
         """Normalised-space outputs. `obs`, `action`: (E, B, ·) or (B, ·), broadcast to every member."""
@@ -85,6 +89,9 @@ class EnsembleDynamics(nn.Module):
     def step(self, obs: torch.Tensor, action: torch.Tensor, sample: bool = True, mean_reward: bool = False):
         """One reparameterised model step per member: next_obs, reward, continuation probability, epistemic.
 
+        The continuation probability is the termination head's, or 0/1 from the task's rule when the
+        model has one (`termination_rule`).
+
         `mean_reward`: the reward is the member's predicted mean even when the next state is sampled.
         """
         pred = self.predict(obs, action)
@@ -94,7 +101,12 @@ class EnsembleDynamics(nn.Module):
         delta, reward = target[..., : self.obs_dim], target[..., self.obs_dim]
         if mean_reward:
             reward = pred["mean"][..., self.obs_dim]
-        return obs + delta, reward, torch.sigmoid(-pred["term_logit"]), pred["epistemic"]
+        next_obs = obs + delta
+        if self.termination_rule is not None:
+            cont = (~self.termination_rule(next_obs)).to(next_obs.dtype)
+        else:
+            cont = torch.sigmoid(-pred["term_logit"])
+        return next_obs, reward, cont, pred["epistemic"]
 
     def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([batch["next_obs"] - batch["obs"], batch["reward"].unsqueeze(-1)], -1)
@@ -135,5 +147,10 @@ class EnsembleDynamics(nn.Module):
 
 
 def build_ensemble(spec, cfg) -> EnsembleDynamics:
-    """The dynamics model for an environment (`EnvSpec`) and a `ModelConfig`."""
-    return EnsembleDynamics(spec.obs_dim, spec.action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size)
+    """The dynamics model for an environment (`EnvSpec`) and a `ModelConfig` (its termination rule included)."""
+    model = EnsembleDynamics(spec.obs_dim, spec.action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size)
+    if cfg.termination == "known":
+        model.termination_rule = known_termination(spec.env_id)
+        if model.termination_rule is None:
+            raise ValueError(f"model.termination 'known': no known termination rule for env {spec.env_id!r}")
+    return model
