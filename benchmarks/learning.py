@@ -45,6 +45,8 @@ VARIANTS: dict[str, list[str]] = {
         "train.model_updates_per_step=0.5", "train.policy_updates_per_step=1.0", "train.train_every=10",
     ],
     "elites": ["model.rollout_members=elites"],
+    # design §1.4: half of each update's start states from 20-step no-gradient rollouts in the model
+    "double_horizon": ["policy.model_start_share=0.5"],
     # the other objectives on the task's config as shipped (design §3): the comparison of issue 11
     "mnm": ["policy.objective=mnm"],
     # MBPO-style: many cheap SAC updates per env step on mostly model transitions

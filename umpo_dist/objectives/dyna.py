@@ -31,9 +31,7 @@ from umpo_dist.models.ensemble import build_ensemble
 from umpo_dist.models.policy import ObservationInput, build_policy, mlp
 from umpo_dist.numerical_guard import NumericalGuard
 from umpo_dist.objectives.base import register_objective
-
-TRANSITION_KEYS = ("obs", "action", "reward", "next_obs", "terminated")
-
+from umpo_dist.objectives.rollouts import TRANSITION_KEYS, ModelTransitions, branched_rollouts, state_box
 
 class TwinCritic(ObservationInput):
     """Q1(s, a) and Q2(s, a): the smaller of two critics keeps the policy from climbing one's overestimate."""
@@ -47,32 +45,6 @@ class TwinCritic(ObservationInput):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([self.scale(obs), action], -1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
-
-
-class ModelTransitions:
-    """A ring buffer of model-generated transitions, as tensors on the learner's device."""
-
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: torch.device):
-        self.capacity = capacity
-        widths = {"obs": obs_dim, "action": action_dim, "reward": None, "next_obs": obs_dim, "terminated": None}
-        self.data = {k: torch.zeros((capacity, w) if w else (capacity,), device=device) for k, w in widths.items()}
-        self.total = 0  # transitions ever added
-
-    def __len__(self) -> int:
-        return min(self.total, self.capacity)
-
-    def add(self, batch: dict[str, torch.Tensor]) -> None:
-        m = len(batch["reward"])
-        keep = slice(max(0, m - self.capacity), m)
-        pos = (self.total + torch.arange(m, device=batch["reward"].device)[keep]) % self.capacity
-        for k, store in self.data.items():
-            store[pos] = batch[k][keep].to(store.dtype)
-        self.total += m
-
-    def sample(self, n: int) -> dict[str, torch.Tensor]:
-        """`n` transitions drawn uniformly, with replacement."""
-        idx = torch.randint(len(self), (n,), device=self.data["reward"].device)
-        return {k: v[idx] for k, v in self.data.items()}
 
 
 @register_objective("dyna")
@@ -114,31 +86,11 @@ class DynaObjective:
             for net in (self.policy, self.critic, self.target_critic):
                 net.set_obs_stats(norm.mean[:obs_dim], norm.std[:obs_dim])
 
-    @torch.no_grad()
     def branched_rollouts(self, start: torch.Tensor) -> dict[str, torch.Tensor]:
         """Model transitions of the current policy from `start` (B, obs), `dyna.rollout_length` steps at most."""
-        model, obs_dim = self.model, self.policy.obs_dim
-        members = torch.arange(model.ensemble_size, device=self.device)
-        if self.elites_only:
-            members = members[model.elite_mask]
-        norm, k = model.input_norm, self.cfg.state_clip_sigmas
-        # Keeps a compounding model error from carrying rollouts into regions never seen.
-        low, high = norm.mean[:obs_dim] - k * norm.std[:obs_dim], norm.mean[:obs_dim] + k * norm.std[:obs_dim]
-        steps = []
-        s = start
-        for _ in range(self.dyna.rollout_length):
-            action, _ = self.policy(s)
-            next_obs, reward, cont, _ = model.step(s, action, mean_reward=self.cfg.mean_rewards)  # every member
-            pick = members[torch.randint(len(members), (len(s),), device=self.device)]
-            rows = torch.arange(len(s), device=self.device)
-            next_obs = torch.maximum(torch.minimum(next_obs[pick, rows], high), low)
-            terminated = (cont[pick, rows] < 0.5).float()
-            steps.append({"obs": s, "action": action, "reward": reward[pick, rows], "next_obs": next_obs,
-                          "terminated": terminated})
-            s = next_obs[terminated == 0]
-            if len(s) == 0:
-                break
-        return {key: torch.cat([step[key] for step in steps]) for key in TRANSITION_KEYS}
+        low, high = state_box(self.model, self.policy.obs_dim, self.cfg.state_clip_sigmas)
+        return branched_rollouts(self.model, self.policy, start, self.dyna.rollout_length, low, high,
+                                 self.elites_only, self.cfg.mean_rewards)
 
     def update(self, data: dict) -> dict[str, float]:
         """Branched rollouts from `data["start_states"]` into the model buffer, then one SAC step on

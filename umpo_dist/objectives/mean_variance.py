@@ -3,7 +3,9 @@
 Every member imagines its own particle from each start state (`rollouts.py`); the
 policy is updated by differentiating the Markowitz objective over those particle
 returns, a value function trained on imagined λ-returns carries the tail, and the
-entropy temperature is tuned to a target entropy.
+entropy temperature is tuned to a target entropy. With `policy.model_start_share` > 0
+a share of the start states are model states reached by longer no-gradient rollouts of
+the current policy (the double horizon of design §1.4).
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from umpo_dist.models.ensemble import build_ensemble
 from umpo_dist.models.policy import ValueFunction, build_policy
 from umpo_dist.numerical_guard import NumericalGuard
 from umpo_dist.objectives.base import register_objective
-from umpo_dist.objectives.rollouts import Rollout, imagine_rollout, lambda_returns, particle_returns
+from umpo_dist.objectives.rollouts import (
+    ModelTransitions,
+    Rollout,
+    branched_rollouts,
+    imagine_rollout,
+    lambda_returns,
+    particle_returns,
+    state_box,
+)
 
 
 def mean_variance_objective(returns: torch.Tensor, risk_lambda: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,6 +60,9 @@ class MeanVarianceObjective:
         self.value = ValueFunction(spec.obs_dim, cfg.policy.hidden_layers, cfg.policy.hidden_size).to(self.device)
         self.target_value = copy.deepcopy(self.value).requires_grad_(False)
         action_dim = self.policy.action_dim
+        # Model states for the double horizon's start states (not checkpointed: refilled after a resume).
+        self.model_starts = (ModelTransitions(cfg.policy.model_start_buffer, spec.obs_dim, action_dim, self.device)
+                             if cfg.policy.model_start_share else None)
         # The learner's own copy of the dynamics model, refreshed from the model learner's weights.
         self.model = build_ensemble(spec, cfg.model).to(self.device).requires_grad_(False)
         cfg = cfg.policy
@@ -74,11 +87,28 @@ class MeanVarianceObjective:
                 net.set_obs_stats(norm.mean[:obs_dim], norm.std[:obs_dim])
 
     def _state_bounds(self):
-        norm = self.model.input_norm
-        obs_dim = self.policy.obs_dim
-        mean, std = norm.mean[:obs_dim], norm.std[:obs_dim]
-        k = self.cfg.state_clip_sigmas
-        return mean - k * std, mean + k * std
+        return state_box(self.model, self.policy.obs_dim, self.cfg.state_clip_sigmas)
+
+    def _start_states(self, replay_starts: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """This update's start states: the replay's, with the share `policy.model_start_share` replaced by
+        model states (double horizon, design §1.4).
+
+        Every `policy.model_start_refresh` updates, no-gradient rollouts of the current policy from this
+        update's replay starts, `policy.model_start_horizon` steps each, add the states they reach alive to a
+        buffer of model states; the model share is drawn from that buffer, uniformly.
+        """
+        cfg = self.cfg
+        n = round(cfg.model_start_share * len(replay_starts))
+        if n == 0:
+            return replay_starts
+        if self.updates % cfg.model_start_refresh == 0 or not len(self.model_starts):
+            reached = branched_rollouts(self.model, self.policy, replay_starts, cfg.model_start_horizon, low, high,
+                                        self.elites_only, cfg.mean_rewards)
+            alive = reached["terminated"] == 0
+            self.model_starts.add({k: v[alive] for k, v in reached.items()})
+        if not len(self.model_starts):  # every rollout ended at its first step
+            return replay_starts
+        return torch.cat([self.model_starts.sample(n)["next_obs"], replay_starts[n:]])
 
     def imagined_rewards(self, rollout: Rollout, data: dict) -> torch.Tensor:
         """The rewards (H, E, B) the particle returns and the value targets are built from.
@@ -93,6 +123,7 @@ class MeanVarianceObjective:
         cfg = self.cfg
         start = torch.as_tensor(np.array(data["start_states"], dtype=np.float32), device=self.device)
         low, high = self._state_bounds()
+        start = self._start_states(start, low, high)
         alpha = self.log_alpha.exp().detach()
 
         rollout = imagine_rollout(self.model, self.policy, start, cfg.horizon, low, high, cfg.mean_rewards)
@@ -148,6 +179,7 @@ class MeanVarianceObjective:
             "policy/value_loss": float(value_loss.detach()),
             "policy/actor_grad_norm": float(actor_grad),
             "policy/epistemic": float(rollout.epistemic.detach().mean()),
+            **({"policy/model_start_buffer": len(self.model_starts)} if self.cfg.model_start_share else {}),
         }
 
     def weights(self) -> dict:

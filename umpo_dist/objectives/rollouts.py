@@ -17,6 +17,8 @@ import torch
 from umpo_dist.models.ensemble import EnsembleDynamics
 from umpo_dist.models.policy import TanhGaussianPolicy, ValueFunction
 
+TRANSITION_KEYS = ("obs", "action", "reward", "next_obs", "terminated")
+
 
 @dataclass
 class Rollout:
@@ -63,6 +65,72 @@ def imagine_rollout(
         torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(continues), torch.stack(alives),
         torch.stack(log_probs), torch.stack(epistemic),
     )
+
+
+def state_box(model: EnsembleDynamics, obs_dim: int, sigmas: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box imagined states are clamped to: the model's input mean ± `sigmas` standard deviations.
+
+    Keeps a compounding model error from carrying rollouts into regions never seen.
+    """
+    norm = model.input_norm
+    mean, std = norm.mean[:obs_dim], norm.std[:obs_dim]
+    return mean - sigmas * std, mean + sigmas * std
+
+
+@torch.no_grad()
+def branched_rollouts(model: EnsembleDynamics, policy: TanhGaussianPolicy, start: torch.Tensor, length: int,
+                      low: torch.Tensor, high: torch.Tensor, elites_only: bool = False,
+                      mean_rewards: bool = False) -> dict[str, torch.Tensor]:
+    """No-gradient model transitions of `policy` from `start` (B, obs), `length` steps at most (MBPO's).
+
+    Every step of every rollout is taken by one member drawn at random (among the elites with
+    `elites_only`), a sample of its Gaussian clamped to [low, high]; a rollout stops where its step's
+    continuation probability is below ½. Returns the transitions keyed like `TRANSITION_KEYS`.
+    """
+    members = torch.arange(model.ensemble_size, device=start.device)
+    if elites_only:
+        members = members[model.elite_mask]
+    steps = []
+    s = start
+    for _ in range(length):
+        action, _ = policy(s)
+        next_obs, reward, cont, _ = model.step(s, action, mean_reward=mean_rewards)  # every member
+        pick = members[torch.randint(len(members), (len(s),), device=start.device)]
+        rows = torch.arange(len(s), device=start.device)
+        next_obs = torch.maximum(torch.minimum(next_obs[pick, rows], high), low)
+        terminated = (cont[pick, rows] < 0.5).float()
+        steps.append({"obs": s, "action": action, "reward": reward[pick, rows], "next_obs": next_obs,
+                      "terminated": terminated})
+        s = next_obs[terminated == 0]
+        if len(s) == 0:
+            break
+    return {key: torch.cat([step[key] for step in steps]) for key in TRANSITION_KEYS}
+
+
+class ModelTransitions:
+    """A ring buffer of model-generated transitions, as tensors on the learner's device."""
+
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: torch.device):
+        self.capacity = capacity
+        widths = {"obs": obs_dim, "action": action_dim, "reward": None, "next_obs": obs_dim, "terminated": None}
+        self.data = {k: torch.zeros((capacity, w) if w else (capacity,), device=device) for k, w in widths.items()}
+        self.total = 0  # transitions ever added
+
+    def __len__(self) -> int:
+        return min(self.total, self.capacity)
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        m = len(batch["reward"])
+        keep = slice(max(0, m - self.capacity), m)
+        pos = (self.total + torch.arange(m, device=batch["reward"].device)[keep]) % self.capacity
+        for k, store in self.data.items():
+            store[pos] = batch[k][keep].to(store.dtype)
+        self.total += m
+
+    def sample(self, n: int) -> dict[str, torch.Tensor]:
+        """`n` transitions drawn uniformly, with replacement."""
+        idx = torch.randint(len(self), (n,), device=self.data["reward"].device)
+        return {k: v[idx] for k, v in self.data.items()}
 
 
 def particle_returns(rollout: Rollout, value: ValueFunction, gamma: float,
