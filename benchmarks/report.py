@@ -5,8 +5,8 @@
 Learning (`learning.csv`, written by `benchmarks/learning.py`): per task, evaluation
 return as mean ± std over seeds at 5k, 10k and 20k env steps, with the mean
 wall-clock to that point, for every (variant, runtime, termination rule); the
-ablation table (each variant against the task's `shipped` config in the same
-runtime); a learning-curve PNG per task; the command that reproduces each group.
+ablation table (each variant against the variant it adds to, in the same runtime);
+a learning-curve PNG per task; the command that reproduces each group.
 The model diagnostics recorded with the same evaluations (imagined-vs-real gap as a share
 of the real return, one-step calibration error) at the same budgets. Runtime figures
 (`runtime.csv`, when present) are listed as measured.
@@ -135,9 +135,11 @@ def learning_section(rows: list[dict]) -> list[str]:
         lines.append("")
         ablation = ablation_rows(groups)
         if ablation:
-            lines += ["Ablations against `shipped` in the same runtime (difference of means, same budgets):", "",
-                      "| variant | runtime | " + " | ".join(f"Δ at {b // 1000}k" for b in BUDGETS) + " |",
-                      "|---|---|" + "---|" * len(BUDGETS), *ablation, ""]
+            lines += ["Ablations: each variant against the variant it adds to (the longest prefix of its name, cut at "
+                      "'+' or ',', with runs in the same runtime; else `shipped`), difference of means at the same "
+                      "budgets:", "",
+                      "| variant | runtime | termination | against | " + " | ".join(f"Δ at {b // 1000}k" for b in BUDGETS)
+                      + " |", "|---|---|---|---|" + "---|" * len(BUDGETS), *ablation, ""]
         png = plot(env, groups)
         if png:
             lines += [f"![{env} learning curves]({png})", ""]
@@ -149,6 +151,17 @@ def learning_section(rows: list[dict]) -> list[str]:
     return lines
 
 
+def base_of(variant: str, runtime: str, term: str, groups: dict):
+    """The group a variant is measured against: the longest of its own prefixes (cut at '+' or ',') that
+    has runs in the same runtime, with the same termination rule or else the learned one; `shipped` last."""
+    cuts = [i for i, ch in enumerate(variant) if ch in "+,"]
+    for name in [variant[:i] for i in reversed(cuts)] + ["shipped"]:
+        for rule in (term, "learned"):
+            if (name, runtime, rule) in groups and (name, rule) != (variant, term):
+                return name, runtime, rule
+    return None
+
+
 def ablation_rows(groups: dict) -> list[str]:
     def mean_at(seeds, b):
         vals = [p[1] for curve in seeds.values() if (p := at_budget(curve, b)) is not None]
@@ -156,14 +169,16 @@ def ablation_rows(groups: dict) -> list[str]:
 
     out = []
     for (variant, runtime, term), seeds in sorted(groups.items()):
-        base = groups.get(("shipped", runtime, term))
-        if variant == "shipped" or base is None:
+        base_key = base_of(variant, runtime, term, groups)
+        if base_key is None:
             continue
+        base = groups[base_key]
         cells = []
         for b in BUDGETS:
             m, m0 = mean_at(seeds, b), mean_at(base, b)
             cells.append("–" if m is None or m0 is None else f"{m - m0:+,.0f}")
-        out.append(f"| {variant} | {runtime} | " + " | ".join(cells) + " |")
+        against = base_key[0] + (f" ({base_key[2]})" if base_key[2] != term else "")
+        out.append(f"| {variant} | {runtime} | {term} | {against} | " + " | ".join(cells) + " |")
     return out
 
 
