@@ -1,4 +1,4 @@
-"""`mnm` and `dyna` train end to end in both runtimes and resume from a checkpoint, through `train`.
+"""`mnm`, `dyna` and the double horizon train end to end in both runtimes and resume from a checkpoint.
 
 Each objective runs in one runtime and is resumed in the other (the checkpoint is the same
 in both), so every objective trains on real Ray actors and inline, and resumes, in two runs.
@@ -23,10 +23,15 @@ RUN = (*FAST, "resources.num_env_workers=1", "resources.worker_cpus=0.5", "resou
        "train.model_warmup_updates=20", "train.checkpoint_every=0", f"train.eval_every={FIRST}",
        "env.eval_episodes=1", "diagnostics.enabled=false", "tracking.log_every_s=0",
        "mnm.hidden_size=32", "mnm.batch_size=32", "dyna.batch_size=64", "dyna.rollouts_per_update=16")
-# What each objective logs, and the optimisers whose step counts must follow its updates across a resume.
-OBJECTIVES = {
-    "mnm": (("mnm/classifier_accuracy", "mnm/log_ratio", "policy/objective"), ("actor_opt", "classifier_opt")),
-    "dyna": (("policy/critic_loss", "dyna/model_buffer_size", "dyna/model_reward_mean"), ("actor_opt", "critic_opt")),
+# Each case's overrides, what it logs, and the optimisers whose step counts must follow its updates across a resume.
+CASES = {
+    "mnm": (("policy.objective=mnm",), ("mnm/classifier_accuracy", "mnm/log_ratio", "policy/objective"),
+            ("actor_opt", "classifier_opt")),
+    "dyna": (("policy.objective=dyna",), ("policy/critic_loss", "dyna/model_buffer_size", "dyna/model_reward_mean"),
+             ("actor_opt", "critic_opt")),
+    # mean_variance with model start states, rolled out with InvertedPendulum's known termination rule
+    "double_horizon": (("policy.model_start_share=0.5", "policy.model_start_horizon=10", "model.termination=known"),
+                       ("policy/model_start_buffer", "policy/objective"), ("actor_opt", "value_opt")),
 }
 
 
@@ -41,11 +46,12 @@ def policy_at_start(runner) -> dict:
     return runner.latest_policy_weights()
 
 
-@pytest.mark.parametrize(("objective", "runtime", "resumed_in"), [("mnm", "ray", "inline"), ("dyna", "inline", "ray")])
-def test_the_objective_trains_in_both_runtimes_and_resumes_from_its_checkpoint(objective, runtime, resumed_in,
+@pytest.mark.parametrize(("case", "runtime", "resumed_in"),
+                         [("mnm", "ray", "inline"), ("dyna", "inline", "ray"), ("double_horizon", "ray", "inline")])
+def test_the_objective_trains_in_both_runtimes_and_resumes_from_its_checkpoint(case, runtime, resumed_in,
                                                                                 local_ray, workdir):
-    metrics, optimisers = OBJECTIVES[objective]
-    cfg = ip_config(*RUN, f"policy.objective={objective}", f"runtime={runtime}")
+    overrides, metrics, optimisers = CASES[case]
+    cfg = ip_config(*RUN, *overrides, f"runtime={runtime}")
     first = train(cfg, progress=False)
     updates = int(RATIO * (FIRST - RANDOM))
     assert first["env_steps"] == FIRST and first["policy_updates"] == updates
