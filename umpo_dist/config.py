@@ -63,9 +63,10 @@ class ModelConfig:
     validate_every: int = ranged(250, 1)  # model updates between held-out evaluations
     grad_clip: float | None = ranged(None, 0, open_low=True)  # global gradient-norm clip of a model update (null: none)
     rollout_members: str = choice("all", "all", "elites")  # members that imagine: "all", or "elites" (the best held-out ones)
-    # where imagined rollouts end: "learned" (the model's termination head) or "known" (the task's own rule,
-    # umpo_dist/envs/termination.py: Hopper, Walker2d, Ant, InvertedPendulum; as MBPO and DHMBPO do)
-    termination: str = choice("learned", "learned", "known")
+    # where imagined rollouts end: "learned" (the model's termination head), "known" (the task's own rule,
+    # umpo_dist/envs/termination.py: Hopper, Walker2d, Ant, InvertedPendulum; a hard 0/1 mask, as MBPO and
+    # DHMBPO do) or "known_soft" (the same rule, continuing with probability σ(margin to its limits))
+    termination: str = choice("learned", "learned", "known", "known_soft")
 
 
 @dataclass
@@ -306,8 +307,8 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
 def _check_termination(cfg: Config) -> None:
     from umpo_dist.envs.termination import known_termination, tasks_with_known_termination
 
-    if cfg.model.termination == "known" and known_termination(cfg.env.id) is None:
-        raise ConfigError(f"config key 'model.termination' = 'known': no known termination rule for "
+    if cfg.model.termination != "learned" and known_termination(cfg.env.id) is None:
+        raise ConfigError(f"config key 'model.termination' = {cfg.model.termination!r}: no known termination rule for "
                           f"'env.id' = {cfg.env.id!r}; rules exist for {', '.join(tasks_with_known_termination())} "
                           f"(use 'learned' elsewhere)")
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from umpo_dist.envs.termination import known_termination
+from umpo_dist.envs.termination import continuation, known_termination
 from umpo_dist.models.normalizer import RunningNormalizer
 
 
@@ -56,9 +56,10 @@ class EnsembleDynamics(nn.Module):
         self.input_norm = RunningNormalizer(obs_dim + action_dim)
         self.target_norm = RunningNormalizer(self.target_dim)
         self.register_buffer("elite_mask", torch.ones(ensemble_size, dtype=torch.bool))
-        # The task's known termination rule (`model.termination: known`): it replaces the termination
-        # head in `step`. Not a weight: set from the config by `build_ensemble`.
+        # The task's known termination rule (`model.termination: known | known_soft`): it replaces the
+        # termination head in `step`. Not a weight: set from the config by `build_ensemble`.
         self.termination_rule = None
+        self.soft_termination = False
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor):
         """Normalised-space outputs. `obs`, `action`: (E, B, ·) or (B, ·), broadcast to every member."""
@@ -93,8 +94,8 @@ class EnsembleDynamics(nn.Module):
     def step(self, obs: torch.Tensor, action: torch.Tensor, sample: bool = True, mean_reward: bool = False):
         """One reparameterised model step per member: next_obs, reward, continuation probability, epistemic.
 
-        The continuation probability is the termination head's, or 0/1 from the task's rule when the
-        model has one (`termination_rule`).
+        The continuation probability is the termination head's, or the task's rule's when the model has
+        one (`termination_rule`: 0/1, or σ(margin) with `soft_termination`).
 
         `mean_reward`: the reward is the member's predicted mean even when the next state is sampled.
         """
@@ -107,7 +108,7 @@ class EnsembleDynamics(nn.Module):
             reward = pred["mean"][..., self.obs_dim]
         next_obs = obs + delta
         if self.termination_rule is not None:
-            cont = (~self.termination_rule(next_obs)).to(next_obs.dtype)
+            cont = continuation(self.termination_rule(next_obs), self.soft_termination)
         else:
             cont = torch.sigmoid(-pred["term_logit"])
         return next_obs, reward, cont, pred["epistemic"]
@@ -153,8 +154,9 @@ class EnsembleDynamics(nn.Module):
 def build_ensemble(spec, cfg) -> EnsembleDynamics:
     """The dynamics model for an environment (`EnvSpec`) and a `ModelConfig` (its termination rule included)."""
     model = EnsembleDynamics(spec.obs_dim, spec.action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size)
-    if cfg.termination == "known":
+    if cfg.termination != "learned":
         model.termination_rule = known_termination(spec.env_id)
+        model.soft_termination = cfg.termination == "known_soft"
         if model.termination_rule is None:
-            raise ValueError(f"model.termination 'known': no known termination rule for env {spec.env_id!r}")
+            raise ValueError(f"model.termination {cfg.termination!r}: no known termination rule for env {spec.env_id!r}")
     return model
