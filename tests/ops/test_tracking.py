@@ -13,6 +13,8 @@ import torch
 from umpo_dist.ops import cli
 from umpo_dist.ops import tracking as tracking_mod
 from umpo_dist.config import flatten, from_dict
+from mlflow.entities import Metric
+
 from umpo_dist.ops.tracking import Tracker, TrackingError, check_reachable
 
 torch.set_num_threads(1)
@@ -85,6 +87,26 @@ def test_metrics_are_buffered_then_flushed_by_step(store):
     tracker.log({"loss": 0.125}, step=40)
     tracker.end()  # end flushes what is left
     assert history(tracker, "loss")[-1] == (40, 0.125)
+
+
+def test_a_key_logged_twice_at_a_step_stays_distinct_for_the_model_that_links_them(store):
+    """MLflow links a logged model to the run's metrics at its step, keyed by (name, timestamp, step):
+    two points of one key at one step must not share a millisecond (they did once `log` only buffered)."""
+    import mlflow
+
+    tracker = Tracker(make_cfg())
+    for i in range(50):  # far faster than one call per millisecond
+        tracker.log({"eval/return": float(i), "other": 1.0}, step=3000)
+    tracker.stop_writer()
+    points = tracker.client.get_metric_history(tracker.run_id, "eval/return")
+    assert len(points) == 50 and len({(m.timestamp, m.step) for m in points}) == 50
+    model = mlflow.initialize_logged_model(name="policy", source_run_id=tracker.run_id,
+                                           experiment_id=tracker.client.get_run(tracker.run_id).info.experiment_id)
+    linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id, run_id=tracker.run_id)
+              for key in ("eval/return", "other") for m in tracker.client.get_metric_history(tracker.run_id, key)]
+    tracker.client.log_batch(tracker.run_id, metrics=linked)  # what `Model.log(..., step=3000)` does
+    assert len(tracker.client.get_logged_model(model.model_id).metrics) == 100
+    tracker.end()
 
 
 def test_log_every_zero_writes_at_once(store):

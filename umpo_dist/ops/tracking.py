@@ -102,6 +102,7 @@ class Tracker:
             self.log_text(dump(cfg), "config.yaml")
         self._pending: list[Metric] = []
         self._pending_lock = threading.Lock()  # the buffer, shared by the loop and the writer
+        self._last_ms = 0  # the timestamp of the last `log` call
         self._flush_lock = threading.Lock()  # one flush at a time
         self.failed_flushes = 0
         self._gaps_logged = 0
@@ -112,7 +113,11 @@ class Tracker:
             self._writer.start()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        now_ms = int(time.time() * 1000)
+        # Every call gets its own millisecond: MLflow keys the metrics it links to a logged model by
+        # (name, timestamp, step), so one key logged twice at a step within a millisecond (easy once `log`
+        # only buffers) made logging the policy model fail with a UNIQUE constraint at the end of a run.
+        with self._pending_lock:
+            now_ms = self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
         points = [Metric(key, float(value), now_ms, int(step)) for key, value in metrics.items() if value is not None]
         with self._pending_lock:
             self._pending.extend(points)
