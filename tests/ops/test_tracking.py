@@ -9,12 +9,11 @@ import socket
 
 import pytest
 import torch
+from mlflow.entities import Metric
 
 from umpo_dist.ops import cli
 from umpo_dist.ops import tracking as tracking_mod
 from umpo_dist.config import flatten, from_dict
-from mlflow.entities import Metric
-
 from umpo_dist.ops.tracking import Tracker, TrackingError, check_reachable
 
 torch.set_num_threads(1)
