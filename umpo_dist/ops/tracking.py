@@ -118,9 +118,8 @@ class Tracker:
         # only buffers) made logging the policy model fail with a UNIQUE constraint at the end of a run.
         with self._pending_lock:
             now_ms = self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
-        points = [Metric(key, float(value), now_ms, int(step)) for key, value in metrics.items() if value is not None]
-        with self._pending_lock:
-            self._pending.extend(points)
+            self._pending.extend(Metric(key, float(value), now_ms, int(step))
+                                 for key, value in metrics.items() if value is not None)
         if self._writer is None:
             self.flush()
 
@@ -174,8 +173,8 @@ class Tracker:
     def stop_writer(self) -> None:
         """Stop the background writer and write what is buffered; later `log` calls write at once.
 
-        Before anything else writes to the run's metrics: logging the policy model links the run's
-        metrics to it, and two writers doing that at once collide in the store.
+        Before the policy model is logged: it links the run's metrics at its step, so they must all be
+        in the store by then.
         """
         self._stop.set()
         if self._writer is not None:

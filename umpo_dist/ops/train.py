@@ -140,7 +140,7 @@ def train(
     if bar:
         bar.close()
     try:  # what a finished run leaves; a failure here still ends the MLflow run (FAILED), not RUNNING
-        tracker.stop_writer()  # from here on one writer: the policy model's logging links the run's metrics
+        tracker.stop_writer()  # every metric in the store before the policy model links those at its step
         final = checkpoint(runner)
         if not policy_path.exists() or exported_evaluation(policy_path)[0] is None:
             # resumed from a run whose policy file is gone (or predates evaluations in the file), none better since
