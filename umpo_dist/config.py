@@ -67,6 +67,10 @@ class ModelConfig:
     # umpo_dist/envs/termination.py: Hopper, Walker2d, Ant, InvertedPendulum; a hard 0/1 mask, as MBPO and
     # DHMBPO do) or "known_soft" (the same rule, continuing with probability σ(margin to its limits))
     termination: str = choice("learned", "learned", "known", "known_soft")
+    # the input/target statistics the model normalises with: "running" (a merge of every training batch,
+    # which under linear sampling counts old data most) or "replay" (recomputed, unweighted, over the replay's
+    # whole window before each round of model updates, as the compact reference does)
+    normalizer: str = choice("running", "running", "replay")
 
 
 @dataclass
@@ -85,7 +89,10 @@ class PolicyConfig:
     target_entropy_scale: float = ranged(1.0, -math.inf)  # target entropy = −scale · action_dim
     target_tau: float = ranged(0.01, 0, 1, open_low=True)  # Polyak rate of the slow value target
     grad_clip: float = ranged(10.0, 0, open_low=True)  # global gradient-norm clip
-    state_clip_sigmas: float = ranged(5.0, 0, open_low=True)  # imagined states kept within the data's mean ± this many σ
+    state_clip_sigmas: float = ranged(5.0, 0, open_low=True)  # imagined states kept within this many σ of the data
+    # the box imagined states are clamped to: "mean" (mean ± state_clip_sigmas·σ) or "range" (from the smallest
+    # value seen − state_clip_sigmas·σ to the largest + state_clip_sigmas·σ, as the compact reference does)
+    state_clip: str = choice("mean", "mean", "range")
     normalize_obs: bool = False  # policy and value see observations normalised with the model's input statistics
     init_std: float | None = ranged(None, 0.007, 7.3)  # the policy's initial action std before tanh (null: whatever the init gives, ≈ 0.22)
     entropy_in_return: bool = False  # −α·log π inside each particle's return and the value targets (a soft value)

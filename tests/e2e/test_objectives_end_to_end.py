@@ -7,6 +7,7 @@ shared machinery (replay answers to their `needs`, model weights, publishing, ch
 not about learning.
 """
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -29,10 +30,23 @@ CASES = {
             ("actor_opt", "classifier_opt")),
     "dyna": (("policy.objective=dyna",), ("policy/critic_loss", "dyna/model_buffer_size", "dyna/model_reward_mean"),
              ("actor_opt", "critic_opt")),
-    # mean_variance with model start states, rolled out with InvertedPendulum's known termination rule
-    "double_horizon": (("policy.model_start_share=0.5", "policy.model_start_horizon=10", "model.termination=known"),
+    # mean_variance with model start states, rolled out with InvertedPendulum's known termination rule, the model
+    # normalising with the replay's statistics and imagined states clamped to the data's range
+    "double_horizon": (("policy.model_start_share=0.5", "policy.model_start_horizon=10", "model.termination=known",
+                        "model.normalizer=replay", "policy.state_clip=range"),
                        ("policy/model_start_buffer", "policy/objective"), ("actor_opt", "value_opt")),
 }
+
+
+def assert_normalised_with_a_replay_prefix(ckpt: dict) -> None:
+    """`model.normalizer: replay`: the model's input statistics are the unweighted moments of the first `count`
+    transitions the replay held (the window when they were last refreshed), not a merge of training batches."""
+    model, replay = ckpt["model"]["model"], ckpt["replay"]
+    count = int(model["input_norm.count"])
+    assert RANDOM <= count <= len(replay["reward"])
+    inputs = np.concatenate([replay["obs"][:count], replay["action"][:count]], 1).astype(np.float64)
+    np.testing.assert_allclose(model["input_norm.mean"].numpy(), inputs.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model["input_norm.var"].numpy(), inputs.var(0), rtol=1e-4, atol=1e-6)
 
 
 def optimiser_steps(state: dict, name: str) -> set[int]:
@@ -61,6 +75,8 @@ def test_the_objective_trains_in_both_runtimes_and_resumes_from_its_checkpoint(c
     assert state["updates"] == updates
     for name in optimisers:  # every update stepped the objective's optimisers
         assert optimiser_steps(state, name) == {updates}, name
+    if "model.normalizer=replay" in overrides:
+        assert_normalised_with_a_replay_prefix(ckpt)
     logged = MlflowClient().get_run(first["run_id"]).data.metrics
     for key in metrics:
         assert key in logged, key
@@ -79,3 +95,5 @@ def test_the_objective_trains_in_both_runtimes_and_resumes_from_its_checkpoint(c
     for name in optimisers:  # continued from the checkpoint's optimiser state, not restarted
         assert optimiser_steps(final, name) == {more}, name
     assert any(not torch.equal(final["policy"][k], v) for k, v in state["policy"].items())
+    if "model.normalizer=replay" in overrides:
+        assert_normalised_with_a_replay_prefix(load_checkpoint(second["run_dir"]))

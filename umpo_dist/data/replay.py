@@ -77,6 +77,7 @@ class ReplayBuffer:
         self.bootstrap = np.zeros((capacity, ensemble_size), np.float32)
         self.holdout = np.zeros(capacity, bool)
         self.total_inserted = 0
+        self._reset_moments()
 
     @classmethod
     def from_config(cls, cfg, obs_dim: int, action_dim: int, seed: int = 0) -> "ReplayBuffer":
@@ -118,6 +119,10 @@ class ReplayBuffer:
         keep = slice(max(0, m - self.capacity), m)
         g = self.total_inserted + np.arange(m, dtype=np.int64)[keep]
         pos = g % self.capacity
+        evicted = pos[g >= self.capacity]
+        if len(evicted):
+            self._add_moments(self.obs[evicted], self.action[evicted], self.next_obs[evicted], self.reward[evicted], -1)
+        self._add_moments(*(np.asarray(batch[name])[keep] for name in ("obs", "action", "next_obs", "reward")))
         for name in FIELDS:
             getattr(self, name)[pos] = np.asarray(batch[name])[keep]
         self.global_index[pos] = g
@@ -167,6 +172,40 @@ class ReplayBuffer:
         held = order[self.holdout[order]][-max_items:]
         return {name: getattr(self, name)[held] for name in FIELDS}
 
+    # -- statistics -----------------------------------------------------------
+    def _reset_moments(self) -> None:
+        d_in, d_out = self.obs_dim + self.action_dim, self.obs_dim + 1
+        self._moments = {"inputs": [np.zeros(d_in), np.zeros(d_in)], "targets": [np.zeros(d_out), np.zeros(d_out)]}
+        self._low = np.full(d_in, np.inf)
+        self._high = np.full(d_in, -np.inf)
+
+    def _add_moments(self, obs, action, next_obs, reward, sign: int = 1) -> None:
+        """Add (sign 1) or remove (sign −1, evicted items) rows to the window's running sums; the range only
+        ever widens (it covers everything inserted)."""
+        inputs = np.concatenate([obs, action], 1).astype(np.float64)
+        targets = np.concatenate([next_obs - obs, reward[:, None]], 1).astype(np.float64)
+        for name, x in (("inputs", inputs), ("targets", targets)):
+            s1, s2 = self._moments[name]
+            s1 += sign * x.sum(0)
+            s2 += sign * np.square(x).sum(0)
+        if sign > 0 and len(inputs):
+            np.minimum(self._low, inputs.min(0), out=self._low)
+            np.maximum(self._high, inputs.max(0), out=self._high)
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        """Unweighted mean and variance over the window of the model's inputs (obs ‖ action) and targets
+        (Δobs ‖ reward), and the range of the inputs over everything inserted (kept in `state`): what the model normalises with
+        under `model.normalizer: replay`. O(dims): kept as running sums by `insert`."""
+        n = len(self)
+        if n == 0:
+            raise ValueError("no statistics of an empty replay buffer")
+        out: dict = {"count": n, "inputs_low": self._low.copy(), "inputs_high": self._high.copy()}
+        for name, (s1, s2) in self._moments.items():
+            mean = s1 / n
+            out[f"{name}_mean"] = mean
+            out[f"{name}_var"] = np.maximum(s2 / n - mean**2, 0.0)
+        return out
+
     def stats(self) -> dict[str, float]:
         n = len(self)
         return {
@@ -183,6 +222,7 @@ class ReplayBuffer:
         state = {name: getattr(self, name)[order] for name in FIELDS + ("global_index", "bootstrap", "holdout")}
         state["total_inserted"] = np.array(self.total_inserted)
         state["rng_state"] = np.array(json.dumps(self.rng.bit_generator.state))
+        state["inputs_low"], state["inputs_high"] = self._low.copy(), self._high.copy()
         return state
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -210,6 +250,12 @@ class ReplayBuffer:
             getattr(self, name)[pos] = np.asarray(state[name])[keep]
         self.total_inserted = total
         self.rng.bit_generator.state = json.loads(str(state["rng_state"]))
+        self._reset_moments()
+        window = np.asarray(state["global_index"])[keep] % self.capacity
+        self._add_moments(self.obs[window], self.action[window], self.next_obs[window], self.reward[window])
+        if "inputs_low" in state:  # the range of everything inserted (states written before it: the window's)
+            np.minimum(self._low, state["inputs_low"], out=self._low)
+            np.maximum(self._high, state["inputs_high"], out=self._high)
 
 
 def write_replay_state(state: dict[str, np.ndarray], path: Path) -> Path:

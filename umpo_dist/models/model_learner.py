@@ -32,8 +32,9 @@ class ModelLearner:
         if not self.guard.finite(*b.values()):
             self.guard.bad()
             return self.guard.metrics("model")
-        self.model.input_norm.update(torch.cat([b["obs"], b["action"]], -1))
-        self.model.target_norm.update(self.model.targets(b))
+        if self.cfg.normalizer == "running":
+            self.model.input_norm.update(torch.cat([b["obs"], b["action"]], -1))
+            self.model.target_norm.update(self.model.targets(b))
         loss, metrics = self.model.loss(b, b["weights"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -47,6 +48,19 @@ class ModelLearner:
         self.guard.good()
         self.updates += 1
         return {**metrics, **self.guard.metrics("model")}
+
+    def set_statistics(self, stats: dict[str, np.ndarray]) -> None:
+        """Normalise with statistics of the replay's window (`ReplayBuffer.statistics`): `model.normalizer:
+        replay` calls this before each round of updates; the running merge is then left alone."""
+        n = stats["count"]
+        self.model.input_norm.assign(stats["inputs_mean"], stats["inputs_var"], n, stats["inputs_low"], stats["inputs_high"])
+        d = self.model.target_dim
+        self.model.target_norm.assign(stats["targets_mean"], stats["targets_var"], n, np.full(d, np.inf), np.full(d, -np.inf))
+
+    def refresh_statistics(self, read) -> None:
+        """Under `model.normalizer: replay`, take the replay's statistics (`read()` returns them)."""
+        if self.cfg.normalizer == "replay":
+            self.set_statistics(read())
 
     @property
     def validation_due(self) -> bool:

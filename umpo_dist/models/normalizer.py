@@ -1,4 +1,4 @@
-"""Running input and target statistics for the dynamics model."""
+"""Input and target statistics for the dynamics model."""
 
 from __future__ import annotations
 
@@ -7,13 +7,21 @@ from torch import nn
 
 
 class RunningNormalizer(nn.Module):
-    """Mean and variance of a stream of vectors (parallel-Welford merge of batches)."""
+    """Mean, variance and range of a stream of vectors.
+
+    `update` merges a batch (parallel Welford) into what was seen before; `assign`
+    replaces everything with statistics computed elsewhere (over the replay's window,
+    `ReplayBuffer.statistics`). `low`/`high` are the smallest and largest value seen per
+    dimension, ±inf until something was seen.
+    """
 
     def __init__(self, size: int, eps: float = 1e-6):
         super().__init__()
         self.register_buffer("mean", torch.zeros(size))
         self.register_buffer("var", torch.ones(size))
         self.register_buffer("count", torch.zeros(()))
+        self.register_buffer("low", torch.full((size,), torch.inf))
+        self.register_buffer("high", torch.full((size,), -torch.inf))
         self.eps = eps
 
     @torch.no_grad()
@@ -28,6 +36,16 @@ class RunningNormalizer(nn.Module):
         self.mean += delta * n / total
         self.var.copy_((self.var * self.count + b_var * n + delta**2 * self.count * n / total) / total)
         self.count.copy_(total)
+        torch.minimum(self.low, x.min(0).values, out=self.low)
+        torch.maximum(self.high, x.max(0).values, out=self.high)
+
+    @torch.no_grad()
+    def assign(self, mean, var, count: int, low, high) -> None:
+        """Take statistics computed elsewhere (array-likes of this normaliser's size)."""
+        for name, value in (("mean", mean), ("var", var), ("low", low), ("high", high)):
+            buf = getattr(self, name)
+            buf.copy_(torch.as_tensor(value, dtype=buf.dtype))
+        self.count.fill_(float(count))
 
     @property
     def std(self) -> torch.Tensor:
@@ -35,3 +53,9 @@ class RunningNormalizer(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before the range was kept: "nothing seen", so a range box falls back to mean ± kσ.
+        state_dict.setdefault(prefix + "low", torch.full_like(self.low, torch.inf))
+        state_dict.setdefault(prefix + "high", torch.full_like(self.high, -torch.inf))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -88,7 +88,7 @@ class DynaObjective:
 
     def branched_rollouts(self, start: torch.Tensor) -> dict[str, torch.Tensor]:
         """Model transitions of the current policy from `start` (B, obs), `dyna.rollout_length` steps at most."""
-        low, high = state_box(self.model, self.policy.obs_dim, self.cfg.state_clip_sigmas)
+        low, high = state_box(self.model, self.policy.obs_dim, self.cfg.state_clip_sigmas, self.cfg.state_clip)
         return branched_rollouts(self.model, self.policy, start, self.dyna.rollout_length, low, high,
                                  self.elites_only, self.cfg.mean_rewards)
 

@@ -87,7 +87,7 @@ class MeanVarianceObjective:
                 net.set_obs_stats(norm.mean[:obs_dim], norm.std[:obs_dim])
 
     def _state_bounds(self):
-        return state_box(self.model, self.policy.obs_dim, self.cfg.state_clip_sigmas)
+        return state_box(self.model, self.policy.obs_dim, self.cfg.state_clip_sigmas, self.cfg.state_clip)
 
     def _start_states(self, replay_starts: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         """This update's start states: the replay's, with the share `policy.model_start_share` replaced by

@@ -67,14 +67,22 @@ def imagine_rollout(
     )
 
 
-def state_box(model: EnsembleDynamics, obs_dim: int, sigmas: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The box imagined states are clamped to: the model's input mean ± `sigmas` standard deviations.
+def state_box(model: EnsembleDynamics, obs_dim: int, sigmas: float, mode: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """The box imagined states are clamped to (`policy.state_clip`), from the model's input statistics.
 
-    Keeps a compounding model error from carrying rollouts into regions never seen.
+    "mean": mean ± `sigmas` standard deviations. "range": from the smallest value seen − `sigmas`·σ to the
+    largest + `sigmas`·σ (per dimension; mean ± `sigmas`·σ where no range is known yet, as in weights saved
+    before it was kept). Keeps a compounding model error from carrying rollouts into regions never seen.
     """
     norm = model.input_norm
     mean, std = norm.mean[:obs_dim], norm.std[:obs_dim]
-    return mean - sigmas * std, mean + sigmas * std
+    low, high = mean - sigmas * std, mean + sigmas * std
+    if mode == "range":
+        seen_low, seen_high = norm.low[:obs_dim], norm.high[:obs_dim]
+        known = torch.isfinite(seen_low) & torch.isfinite(seen_high)
+        low = torch.where(known, seen_low - sigmas * std, low)
+        high = torch.where(known, seen_high + sigmas * std, high)
+    return low, high
 
 
 @torch.no_grad()

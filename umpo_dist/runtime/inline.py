@@ -76,7 +76,10 @@ class InlineRunner:
     def _train_model(self) -> dict:
         cfg, ml = self.cfg, self.model_learner
         metrics: dict = {}
-        for _ in range(self.schedule.model_updates_allowed()):
+        allowed = self.schedule.model_updates_allowed()
+        if allowed:
+            ml.refresh_statistics(self.replay.statistics)
+        for _ in range(allowed):
             metrics = ml.update(self.replay.sample(cfg.model.batch_size))
             if ml.validation_due:
                 metrics.update(ml.validate(self.replay.holdout_batch(cfg.model.holdout_capacity)))

@@ -136,6 +136,7 @@ class ModelLearnerActor(_LearnerActor):
 
     def train(self, num_updates: int) -> dict:
         started = time.perf_counter()
+        self.learner.refresh_statistics(lambda: call_with_retry(lambda: self.replay.statistics.remote(), "replay statistics"))
         rows = []
         for _ in range(num_updates):
             metrics = self.learner.update(self.batches.next())
