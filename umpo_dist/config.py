@@ -123,6 +123,9 @@ class MnmConfig:
     hidden_layers: int = ranged(2, 1)  # hidden layers of the classifier
     hidden_size: int = ranged(128, 1)  # units per hidden layer of the classifier
     lr: float = ranged(3e-4, 0, 1, open_low=True)  # Adam learning rate of the classifier (one step per policy update)
+    # weight of −log C(s, a, ŝ′) in the model's loss, ŝ′ the model's own sampled next state: the model is also
+    # trained to make its transitions look real to the classifier (0: off, the model fits the data only)
+    model_realism: float = ranged(0.0, 0)
 
 
 @dataclass

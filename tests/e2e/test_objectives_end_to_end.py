@@ -26,7 +26,8 @@ RUN = (*FAST, "resources.num_env_workers=1", "resources.worker_cpus=0.5", "resou
        "mnm.hidden_size=32", "mnm.batch_size=32", "dyna.batch_size=64", "dyna.rollouts_per_update=16")
 # Each case's overrides, what it logs, and the optimisers whose step counts must follow its updates across a resume.
 CASES = {
-    "mnm": (("policy.objective=mnm",), ("mnm/classifier_accuracy", "mnm/log_ratio", "policy/objective"),
+    "mnm": (("policy.objective=mnm", "mnm.model_realism=0.5"),
+            ("mnm/classifier_accuracy", "mnm/log_ratio", "policy/objective", "model/realism_loss"),
             ("actor_opt", "classifier_opt")),
     "dyna": (("policy.objective=dyna",), ("policy/critic_loss", "dyna/model_buffer_size", "dyna/model_reward_mean"),
              ("actor_opt", "critic_opt")),

@@ -167,3 +167,50 @@ def test_a_restored_objective_continues_identically():
         assert m1 == pytest.approx(m2, rel=1e-6, abs=1e-7)
     for a, b in zip(learner.classifier.parameters(), other.classifier.parameters()):
         torch.testing.assert_close(a, b)
+
+
+class DeltaJudge(torch.nn.Module):
+    """A fixed classifier: a transition looks real exactly when it moves the first coordinate down."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(4.0))
+
+    def forward(self, obs, action, next_obs):
+        return -self.scale * (next_obs[..., 0] - obs[..., 0])
+
+
+def test_model_realism_moves_the_models_transitions_towards_what_the_classifier_takes_for_real():
+    cfg = make_config()
+    batches = [world(np.random.default_rng(k), 128) for k in range(200)]
+    probe = world(np.random.default_rng(999), 512)
+    obs, action = torch.as_tensor(probe["obs"]), torch.as_tensor(probe["action"])
+    fitted = {}
+    # A large weight: the world is deterministic, so the NLL pins the fit hard (at weight 1 it moves < 0.01).
+    for weight in (0.0, 50.0):
+        ml = ModelLearner(cfg.model, SPEC.obs_dim, SPEC.action_dim, seed=0, classifier=DeltaJudge(), realism_weight=weight)
+        ml.classifier_version = 0 if weight else -1  # "the classifier's weights arrived" (they are fixed here)
+        for batch in batches:
+            metrics = ml.update(batch)
+        assert ("model/realism_loss" in metrics) == bool(weight)
+        with torch.no_grad():
+            fitted[weight] = ml.model.predict(obs, action)["mean"][..., 0].mean().item()
+        assert ml.classifier.scale.item() == 4.0 and ml.classifier.scale.grad is None  # only the model learns
+    true_mean = float((probe["next_obs"][:, 0] - probe["obs"][:, 0]).mean())
+    assert abs(fitted[0.0] - true_mean) < 0.05  # the plain fit is right on average
+    assert fitted[50.0] < fitted[0.0] - 0.1  # pushed down, where the classifier says "real"
+
+
+def test_only_mnm_with_model_realism_gives_the_model_learner_a_classifier():
+    from umpo_dist.models.model_learner import build_model_learner
+
+    def classifier_of(objective, realism):
+        cfg = make_config()
+        cfg.policy.objective, cfg.mnm.model_realism = objective, realism
+        return build_model_learner(cfg, SPEC).classifier
+
+    assert classifier_of("mnm", 0.0) is None and classifier_of("mean_variance", 1.0) is None
+    learner_copy = classifier_of("mnm", 0.5)
+    objective = MnmObjective(make_config(), SPEC)
+    learner_copy.load_state_dict(objective.shared_weights()["classifier"])  # the published weights fit the copy
+    assert not any(p.requires_grad for p in learner_copy.parameters())

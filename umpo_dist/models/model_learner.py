@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from umpo_dist.config import ModelConfig
+from umpo_dist.config import Config, ModelConfig
 from umpo_dist.devices import state_to_cpu, to_tensors
+from umpo_dist.envs.spec import EnvSpec
+from umpo_dist.models.classifier import TransitionClassifier
 from umpo_dist.models.ensemble import EnsembleDynamics
 from umpo_dist.numerical_guard import NumericalGuard
 
 
 class ModelLearner:
-    def __init__(self, cfg: ModelConfig, obs_dim: int, action_dim: int, device: torch.device | str = "cpu", seed: int = 0):
+    def __init__(self, cfg: ModelConfig, obs_dim: int, action_dim: int, device: torch.device | str = "cpu", seed: int = 0,
+                 classifier: TransitionClassifier | None = None, realism_weight: float = 0.0):
+        """With a `classifier` (mnm's, `mnm.model_realism` = `realism_weight` > 0) the loss also has
+        `realism_weight · −log C(s, a, ŝ′)` once the classifier's weights arrived (`set_classifier_weights`)."""
         torch.manual_seed(seed)
         self.cfg = cfg
         self.device = torch.device(device)
@@ -21,6 +27,9 @@ class ModelLearner:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.updates = 0
         self.guard = NumericalGuard({"model": self.model, "optimizer": self.optimizer})
+        self.classifier = classifier.to(self.device).requires_grad_(False) if classifier is not None else None
+        self.realism_weight = realism_weight
+        self.classifier_version = -1  # policy updates of the classifier weights held (-1: none yet)
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         """One gradient step on a replay batch (with its bootstrap `weights`).
@@ -36,6 +45,10 @@ class ModelLearner:
             self.model.input_norm.update(torch.cat([b["obs"], b["action"]], -1))
             self.model.target_norm.update(self.model.targets(b))
         loss, metrics = self.model.loss(b, b["weights"])
+        if self.classifier_version >= 0:
+            realism = self.realism_loss(b["obs"], b["action"], b["weights"])
+            loss = loss + self.realism_weight * realism
+            metrics["model/realism_loss"] = float(realism.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
@@ -48,6 +61,21 @@ class ModelLearner:
         self.guard.good()
         self.updates += 1
         return {**metrics, **self.guard.metrics("model")}
+
+    def realism_loss(self, obs: torch.Tensor, action: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """−log C(s, a, ŝ′), ŝ′ each member's reparameterised sample from (s, a), averaged with the bootstrap
+        `weights` (B, E) like the NLL (held-out items weigh 0): low where the classifier takes the model's
+        transitions for real ones; differentiable in the model only."""
+        pred = self.model.predict(obs, action)
+        sample = pred["mean"] + pred["var"].sqrt() * torch.randn_like(pred["mean"])
+        next_obs = obs + sample[..., : self.model.obs_dim]
+        logit = self.classifier(obs.expand_as(next_obs), action.expand(*next_obs.shape[:-1], -1), next_obs)
+        w = weights.T
+        return (F.softplus(-logit) * w).sum() / w.sum().clamp_min(1.0)
+
+    def set_classifier_weights(self, weights: dict, version: int) -> None:
+        self.classifier.load_state_dict(weights)
+        self.classifier_version = version
 
     def set_statistics(self, stats: dict[str, np.ndarray]) -> None:
         """Normalise with statistics of the replay's window (`ReplayBuffer.statistics`): `model.normalizer:
@@ -92,3 +120,13 @@ class ModelLearner:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state["updates"])
+
+
+def build_model_learner(cfg: Config, spec: EnvSpec, device: torch.device | str = "cpu") -> ModelLearner:
+    """The run's model learner; under `policy.objective: mnm` with `mnm.model_realism` > 0 it holds a copy of
+    the classifier (the policy learner trains it and publishes its weights) to train the model against."""
+    classifier = None
+    if cfg.policy.objective == "mnm" and cfg.mnm.model_realism > 0:
+        classifier = TransitionClassifier(spec.obs_dim, spec.action_dim, cfg.mnm.hidden_layers, cfg.mnm.hidden_size)
+    return ModelLearner(cfg.model, spec.obs_dim, spec.action_dim, device, cfg.train.seed, classifier,
+                        cfg.mnm.model_realism)

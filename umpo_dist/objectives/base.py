@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 
 
 class Objective(Learner, Protocol):
-    """`state()` holds the policy's weights under "policy" (checkpoints export the policy from there)."""
+    """`state()` holds the policy's weights under "policy" (checkpoints export the policy from there).
+
+    Optional: `shared_weights() -> {name: state dict}`, weights other learners use, which the Ray policy
+    learner publishes beside the policy's after each call (mnm's classifier, for `mnm.model_realism`).
+    """
 
     needs: DataNeeds  # what one `update` consumes: `update(replay.sample_for(needs))`
     policy: TanhGaussianPolicy  # the policy it improves (its `weights()` are this policy's)

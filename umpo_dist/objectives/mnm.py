@@ -86,6 +86,11 @@ class MnmObjective(MeanVarianceObjective):
         self._metrics["mnm/log_ratio"] = float(log_ratio.detach().mean())
         return rollout.rewards + self.classifier_weight * log_ratio
 
+    def shared_weights(self) -> dict[str, dict]:
+        """Weights other learners use, published beside the policy's: the classifier, which the model learner
+        trains the model against under `mnm.model_realism`."""
+        return {"classifier": state_to_cpu(self.classifier.state_dict())}
+
     def state(self) -> dict:
         return {**super().state(), "classifier": state_to_cpu(self.classifier.state_dict()),
                 "classifier_opt": self.classifier_opt.state_dict(), "classifier_skipped": self.classifier_skipped}

@@ -17,7 +17,7 @@ from umpo_dist.config import Config
 from umpo_dist.data.replay import ReplayBuffer
 from umpo_dist.envs.collector import EnvCollector
 from umpo_dist.envs.spec import env_spec
-from umpo_dist.models.model_learner import ModelLearner
+from umpo_dist.models.model_learner import build_model_learner
 from umpo_dist.objectives import build_objective
 from umpo_dist.diagnostics.watch import ExploitationWatch
 from umpo_dist.runtime.evaluation_round import evaluation_round, record_round
@@ -35,7 +35,7 @@ class InlineRunner:
         torch.manual_seed(seed)
         self.spec = spec = env_spec(cfg.env.id)
         self.replay = ReplayBuffer.from_config(cfg, spec.obs_dim, spec.action_dim, seed)
-        self.model_learner = ModelLearner(cfg.model, spec.obs_dim, spec.action_dim, "cpu", seed)
+        self.model_learner = build_model_learner(cfg, spec, "cpu")
         self.objective = build_objective(cfg, spec, "cpu")
         self.collector = EnvCollector(cfg.env.id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
         self.schedule = Schedule(cfg.train, watch=ExploitationWatch(cfg.diagnostics.warn_margin, cfg.diagnostics.warn_after))
@@ -94,6 +94,8 @@ class InlineRunner:
         for _ in range(self.schedule.policy_updates_allowed()):
             metrics = objective.update(self.replay.sample_for(objective.needs))
             self.schedule.policy_updates = objective.updates
+        if metrics and self.model_learner.classifier is not None:  # mnm.model_realism: the newest classifier
+            self.model_learner.set_classifier_weights(objective.shared_weights()["classifier"], objective.updates)
         return metrics
 
     def run(self, checkpoint: Callable[["InlineRunner"], None] | None = None, progress=None) -> dict:

@@ -23,7 +23,7 @@ from umpo_dist.ops.checkpoint import load_learner_state
 from umpo_dist.config import Config
 from umpo_dist.devices import select_device, set_threads
 from umpo_dist.envs.spec import EnvSpec
-from umpo_dist.models.model_learner import ModelLearner
+from umpo_dist.models.model_learner import build_model_learner
 from umpo_dist.objectives import build_objective
 from umpo_dist.runtime.ray.cluster import assigned_cpus
 from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry, was_restarted
@@ -123,8 +123,10 @@ class ModelLearnerActor(_LearnerActor):
 
     def __init__(self, cfg: Config, spec: EnvSpec, replay, store, run_dir: str | None = None):
         super().__init__(cfg, store, run_dir)
-        self.learner = ModelLearner(cfg.model, spec.obs_dim, spec.action_dim, self.device, cfg.train.seed)
+        self.learner = build_model_learner(cfg, spec, self.device)
         self.replay = replay
+        # mnm.model_realism: the classifier the policy learner publishes
+        self.classifier_weights = WeightSubscriber(store, "classifier") if self.learner.classifier is not None else None
         k = cfg.resources.batches_per_call
         self.batches = Prefetcher(lambda: replay.many.remote(k, "sample", cfg.model.batch_size), "replay sample",
                                   batched=True)
@@ -136,6 +138,8 @@ class ModelLearnerActor(_LearnerActor):
 
     def train(self, num_updates: int) -> dict:
         started = time.perf_counter()
+        if self.classifier_weights is not None and (weights := self.classifier_weights.poll()) is not None:
+            self.learner.set_classifier_weights(weights, self.classifier_weights.version)
         self.learner.refresh_statistics(lambda: call_with_retry(lambda: self.replay.statistics.remote(), "replay statistics"))
         rows = []
         for _ in range(num_updates):
@@ -180,4 +184,7 @@ class PolicyLearnerActor(_LearnerActor):
             if i % every == 0 and i < num_updates:
                 # Not waited for: the store keeps the newest version, and the call's last publication is awaited.
                 self.store.publish.remote(self.weights_name, self.learner.updates, self.learner.weights())
+        shared = getattr(self.learner, "shared_weights", None)  # an objective's weights other learners use
+        for name, weights in (shared() if shared else {}).items():
+            publish(self.store, name, self.learner.updates, weights)
         return self._result(rows, started, self.data, model_version=self.learner.model_version)
