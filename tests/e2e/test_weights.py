@@ -176,16 +176,49 @@ def test_prefetcher_drops_the_prefetch_of_a_dead_actor_and_asks_the_restarted_on
     assert tags == sorted(set(tags)) and set(tags) <= set(issued) and len(issued) == tags[-1] + 2, (after, issued)
 
 
+def replay_with_data(cfg, n: int = 200):
+    """The config's env spec, and a replay actor holding `n` random transitions of that shape."""
+    import numpy as np
+
+    from umpo_dist.envs.spec import env_spec
+    from umpo_dist.runtime.ray.replay_actor import ReplayActor
+
+    spec = env_spec(cfg.env.id)
+    replay = ReplayActor.remote(spec.obs_dim, spec.action_dim, 1000, cfg.model.ensemble_size, "linear", 0.1, 0)
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    chunk = {"obs": rng.normal(size=(n, spec.obs_dim)).astype(f32), "action": rng.uniform(-1, 1, (n, spec.action_dim)).astype(f32),
+             "reward": rng.normal(size=n).astype(f32), "next_obs": rng.normal(size=(n, spec.obs_dim)).astype(f32),
+             "terminated": np.zeros(n, bool), "truncated": np.zeros(n, bool)}
+    assert ray.get(replay.insert_chunk.remote(chunk, "test", 0)) == n
+    return spec, replay
+
+
+def test_model_realism_the_mnm_policy_learner_publishes_its_classifier_and_the_model_learner_trains_against_it(local_ray):
+    """`mnm.model_realism` on Ray: no realism term before a classifier exists; once the policy learner's call has
+    published one, the model learner's next call takes it (waited for) and trains against it."""
+    from test_distributed import FAST, ip_config
+    from umpo_dist.runtime.ray.learners import ModelLearnerActor, PolicyLearnerActor
+
+    cfg = ip_config(*FAST, "policy.objective=mnm", "mnm.model_realism=0.5", "mnm.batch_size=32", "mnm.hidden_size=16")
+    spec, replay = replay_with_data(cfg)
+    store = WeightStoreActor.remote()
+    model_learner = ModelLearnerActor.options(num_cpus=0.5).remote(cfg, spec, replay, store)
+    before = ray.get(model_learner.train.remote(3))
+    assert "model/realism_loss" not in before["metrics"] and "model/train_nll" in before["metrics"]
+    policy_learner = PolicyLearnerActor.options(num_cpus=0.5).remote(cfg, spec, replay, store)
+    assert ray.get(policy_learner.train.remote(4))["updates"] == 4
+    assert ray.get(store.latest.remote("classifier", -1))[0] == 4
+    after = ray.get(model_learner.train.remote(3))
+    assert after["metrics"]["model/realism_loss"] > 0
+
+
 def test_policy_learner_publishes_every_publish_every_updates_within_a_call(local_ray):
     """Env workers act with the newest published policy, so a 30-update call with `publish_every=10`
     must publish versions 10 and 20 on its way (not waited for) and 30 at its end, in that order."""
-    import numpy as np
-
     from test_distributed import FAST, ip_config
-    from umpo_dist.envs.spec import env_spec
     from umpo_dist.models.ensemble import build_ensemble
     from umpo_dist.runtime.ray.learners import PolicyLearnerActor
-    from umpo_dist.runtime.ray.replay_actor import ReplayActor
     from umpo_dist.runtime.weight_store import WeightStore
 
     @ray.remote(num_cpus=0)
@@ -204,15 +237,7 @@ def test_policy_learner_publishes_every_publish_every_updates_within_a_call(loca
             return self.received
 
     cfg = ip_config(*FAST, "train.publish_every=10")
-    spec = env_spec(cfg.env.id)
-    replay = ReplayActor.remote(spec.obs_dim, spec.action_dim, 1000, cfg.model.ensemble_size, "linear", 0.1, 0)
-    rng = np.random.default_rng(0)
-    n = 200
-    chunk = {"obs": rng.normal(size=(n, spec.obs_dim)), "action": rng.uniform(-1, 1, (n, spec.action_dim)),
-             "reward": rng.normal(size=n), "next_obs": rng.normal(size=(n, spec.obs_dim)),
-             "terminated": np.zeros(n, bool), "truncated": np.zeros(n, bool)}
-    assert ray.get(replay.insert_chunk.remote({k: np.asarray(v, np.float32) if v.dtype != bool else v
-                                               for k, v in chunk.items()}, "test", 0)) == n
+    spec, replay = replay_with_data(cfg)
     store = RecordingStore.remote()
     ray.get(store.publish.remote("model", 1, build_ensemble(spec, cfg.model).state_dict()))
     learner = PolicyLearnerActor.options(num_cpus=0.5).remote(cfg, spec, replay, store)

@@ -138,8 +138,11 @@ class ModelLearnerActor(_LearnerActor):
 
     def train(self, num_updates: int) -> dict:
         started = time.perf_counter()
-        if self.classifier_weights is not None and (weights := self.classifier_weights.poll()) is not None:
-            self.learner.set_classifier_weights(weights, self.classifier_weights.version)
+        if self.classifier_weights is not None:  # asked and waited for until the first one is there, then polled
+            sub = self.classifier_weights
+            weights = sub.poll() if self.learner.classifier_version >= 0 else sub.fetch()
+            if weights is not None:
+                self.learner.set_classifier_weights(weights, sub.version)
         self.learner.refresh_statistics(lambda: call_with_retry(lambda: self.replay.statistics.remote(), "replay statistics"))
         rows = []
         for _ in range(num_updates):

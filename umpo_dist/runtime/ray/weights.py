@@ -57,6 +57,14 @@ class WeightSubscriber:
             self._pending = self.store.latest.remote(self.name, self.version)
         return weights
 
+    def fetch(self) -> dict | None:
+        """The newer weights if the store holds some, else None: one round trip, waited for."""
+        held = call_with_retry(lambda: self.store.latest.remote(self.name, self.version), f"reading {self.name} weights")
+        try:
+            return self._take(held)
+        except ACTOR_ERRORS:  # the store died after answering: nothing newer for now
+            return None
+
     def wait(self, timeout_s: float = 600.0) -> dict:
         """Block until some version newer than the one held exists."""
         deadline = time.monotonic() + timeout_s
