@@ -52,6 +52,12 @@ VARIANTS: dict[str, list[str]] = {
     # MBPO-style: many cheap SAC updates per env step on mostly model transitions
     "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5"],
 }
+# The policy settings before the audit, the defaults (InvertedPendulum's config took `aligned`'s policy settings;
+# its earlier rows are labelled with this, which reproduces them on today's file).
+VARIANTS["unaligned"] = [
+    "policy.normalize_obs=false", "policy.init_std=null", "policy.entropy_in_return=false",
+    "policy.mean_rewards=false", "policy.alpha_lr=0.0003",
+]
 # The audit's differences from the compact reference (its items 1–4 and its alpha_lr), together.
 VARIANTS["aligned"] = VARIANTS["reference"] + [
     "policy.normalize_obs=true", "policy.init_std=1.0", "policy.entropy_in_return=true",
