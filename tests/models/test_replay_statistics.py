@@ -137,3 +137,37 @@ def test_running_normaliser_tracks_the_range_of_every_batch():
     model.input_norm.update(b)
     torch.testing.assert_close(model.input_norm.low, torch.tensor([0.0, -1.0, -5.0]))
     torch.testing.assert_close(model.input_norm.high, torch.tensor([3.0, 1.0, 2.0]))
+
+
+@pytest.mark.parametrize("sizes", [[5, 30], [25, 7, 40, 3], [9, 10, 11, 100, 1]])
+def test_statistics_hold_for_inserts_that_wrap_or_exceed_the_capacity(sizes):
+    rng = np.random.default_rng(3)
+    buf = ReplayBuffer(OBS, ACT, 10, ensemble_size=3)
+    for k, m in enumerate(sizes):
+        buf.insert(transitions(rng, m, shift=k))
+        inputs, targets = window_arrays(buf)
+        np.testing.assert_allclose(buf.statistics()["inputs_mean"], inputs.mean(0), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(buf.statistics()["targets_var"], targets.var(0), rtol=1e-6, atol=1e-9)
+
+
+def test_statistics_after_loading_a_smaller_state_into_a_used_buffer():
+    used, _ = filled(50, chunks=4, seed=1)  # slots full of other data
+    small, _ = filled(50, chunks=1, seed=2)  # 37 items
+    used.load_state(small.state())
+    used.insert(transitions(np.random.default_rng(4), 60, shift=1.0))  # more than the capacity at once
+    inputs, _ = window_arrays(used)
+    np.testing.assert_allclose(used.statistics()["inputs_mean"], inputs.mean(0), rtol=1e-9, atol=1e-9)
+
+
+def test_a_durable_replay_recovers_its_statistics_from_snapshot_and_log(tmp_path):
+    from umpo_dist.data.durable_replay import DurableReplayBuffer
+
+    rng = np.random.default_rng(5)
+    first = DurableReplayBuffer(OBS, ACT, 60, 3, run_dir=tmp_path, sync_every_ms=0)
+    for seq in range(8):  # more than the capacity: snapshots, then a log after the last one
+        first.insert_chunk(transitions(rng, 23, shift=seq / 3), "w", seq)
+    assert first.snapshots >= 1
+    again = DurableReplayBuffer(OBS, ACT, 60, 3, run_dir=tmp_path, sync_every_ms=0)
+    assert again.total_inserted == first.total_inserted
+    for key, value in first.statistics().items():
+        np.testing.assert_allclose(again.statistics()[key], value, rtol=1e-9, atol=1e-9, err_msg=key)

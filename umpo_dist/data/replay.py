@@ -119,12 +119,13 @@ class ReplayBuffer:
         keep = slice(max(0, m - self.capacity), m)
         g = self.total_inserted + np.arange(m, dtype=np.int64)[keep]
         pos = g % self.capacity
-        evicted = pos[g >= self.capacity]
+        # Slots that hold a window item now (whatever this buffer held before a `load_state`, only these count).
+        evicted = pos if self.total_inserted >= self.capacity else pos[pos < self.total_inserted]
         if len(evicted):
             self._add_moments(self.obs[evicted], self.action[evicted], self.next_obs[evicted], self.reward[evicted], -1)
-        self._add_moments(*(np.asarray(batch[name])[keep] for name in ("obs", "action", "next_obs", "reward")))
         for name in FIELDS:
             getattr(self, name)[pos] = np.asarray(batch[name])[keep]
+        self._add_moments(self.obs[pos], self.action[pos], self.next_obs[pos], self.reward[pos])  # as stored (float32)
         self.global_index[pos] = g
         self.bootstrap[pos] = boot[keep]
         self.holdout[pos] = hold[keep]

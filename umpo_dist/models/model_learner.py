@@ -63,15 +63,15 @@ class ModelLearner:
         return {**metrics, **self.guard.metrics("model")}
 
     def realism_loss(self, obs: torch.Tensor, action: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """−log C(s, a, ŝ′), ŝ′ each member's reparameterised sample from (s, a), averaged with the bootstrap
-        `weights` (B, E) like the NLL (held-out items weigh 0): low where the classifier takes the model's
-        transitions for real ones; differentiable in the model only."""
+        """−log C(s, a, ŝ′), ŝ′ each member's reparameterised sample from (s, a): each member's mean under the
+        bootstrap `weights` (B, E) (held-out items weigh 0), summed over members like the NLL. Low where the
+        classifier takes the model's transitions for real ones; differentiable in the model only."""
         pred = self.model.predict(obs, action)
         sample = pred["mean"] + pred["var"].sqrt() * torch.randn_like(pred["mean"])
         next_obs = obs + sample[..., : self.model.obs_dim]
         logit = self.classifier(obs.expand_as(next_obs), action.expand(*next_obs.shape[:-1], -1), next_obs)
-        w = weights.T
-        return (F.softplus(-logit) * w).sum() / w.sum().clamp_min(1.0)
+        w = weights.T  # (E, B)
+        return ((F.softplus(-logit) * w).sum(-1) / w.sum(-1).clamp_min(1.0)).sum()  # summed over members, as the NLL
 
     def set_classifier_weights(self, weights: dict, version: int) -> None:
         self.classifier.load_state_dict(weights)

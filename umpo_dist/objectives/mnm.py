@@ -33,6 +33,7 @@ class MnmObjective(MeanVarianceObjective):
         mnm = cfg.mnm
         self.classifier_weight = mnm.classifier_weight
         self.log_ratio_clip = mnm.log_ratio_clip
+        self.model_realism = mnm.model_realism > 0  # the model learner trains against this classifier
         self.needs = DataNeeds(start_states=cfg.policy.start_states, transitions=mnm.batch_size)
         self.classifier = TransitionClassifier(spec.obs_dim, spec.action_dim, mnm.hidden_layers,
                                                mnm.hidden_size).to(self.device)
@@ -88,8 +89,8 @@ class MnmObjective(MeanVarianceObjective):
 
     def shared_weights(self) -> dict[str, dict]:
         """Weights other learners use, published beside the policy's: the classifier, which the model learner
-        trains the model against under `mnm.model_realism`."""
-        return {"classifier": state_to_cpu(self.classifier.state_dict())}
+        trains the model against under `mnm.model_realism` (nothing otherwise)."""
+        return {"classifier": state_to_cpu(self.classifier.state_dict())} if self.model_realism else {}
 
     def state(self) -> dict:
         return {**super().state(), "classifier": state_to_cpu(self.classifier.state_dict()),
