@@ -52,8 +52,10 @@ class InlineRunner:
     def load_state(self, replay_state: dict, model_state: dict, policy_state: dict, counters: dict) -> None:
         self.replay.load_state(replay_state)
         self.model_learner.load_state(model_state)
-        self.objective.load_state(policy_state)
+        # The model first: taking model weights also syncs the networks' observation statistics
+        # (`policy.normalize_obs`), and the checkpoint's policy must come back exactly as it was saved.
         self.objective.set_model_weights(self.model_learner.weights(), self.model_learner.updates)
+        self.objective.load_state(policy_state)
         self.schedule.load_counters(counters)
 
     def drain(self) -> None:
