@@ -77,18 +77,15 @@ class ModelLearner:
         self.classifier.load_state_dict(weights)
         self.classifier_version = version
 
-    def set_statistics(self, stats: dict[str, np.ndarray]) -> None:
-        """Normalise with statistics of the replay's window (`ReplayBuffer.statistics`): `model.normalizer:
-        replay` calls this before each round of updates; the running merge is then left alone."""
-        n = stats["count"]
-        self.model.input_norm.assign(stats["inputs_mean"], stats["inputs_var"], n, stats["inputs_low"], stats["inputs_high"])
-        d = self.model.target_dim
-        self.model.target_norm.assign(stats["targets_mean"], stats["targets_var"], n, np.full(d, np.inf), np.full(d, -np.inf))
-
     def refresh_statistics(self, read) -> None:
-        """Under `model.normalizer: replay`, take the replay's statistics (`read()` returns them)."""
-        if self.cfg.normalizer == "replay":
-            self.set_statistics(read())
+        """Under `model.normalizer: replay`, normalise with the replay window's statistics (`read()` returns
+        `ReplayBuffer.statistics()`); called before each round of updates, the running merge is then left alone."""
+        if self.cfg.normalizer != "replay":
+            return
+        stats = read()
+        n, d = stats["count"], self.model.target_dim
+        self.model.input_norm.assign(stats["inputs_mean"], stats["inputs_var"], n, stats["inputs_low"], stats["inputs_high"])
+        self.model.target_norm.assign(stats["targets_mean"], stats["targets_var"], n, np.full(d, np.inf), np.full(d, -np.inf))
 
     @property
     def validation_due(self) -> bool:
