@@ -18,6 +18,7 @@ when a long session is cut short. `benchmarks/report.py` turns the CSV into
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import shlex
@@ -148,6 +149,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=0.0, help="wall-clock cap per seed (0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (inline runtime)")
     p.add_argument("--no-csv", action="store_true", help="print only")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="keep the runs (checkpoints, MLflow store DIR/mlflow.db) in DIR instead of a temporary directory")
     p.add_argument("--peer", choices=["sac"], default=None,
                    help="a model-free reference on the same protocol instead (benchmarks/peers.py; the 'peers' extra)")
     args = p.parse_args()
@@ -168,7 +171,10 @@ def main() -> None:
         import peers
 
         return peers.run(args, commit, append_rows)
-    with tempfile.TemporaryDirectory(prefix="umpo-learning-") as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(args.keep.resolve())) if args.keep
+          else tempfile.TemporaryDirectory(prefix="umpo-learning-")) as tmp:
         work = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
         finals = []
