@@ -103,6 +103,11 @@ class PolicyConfig:
     model_start_horizon: int = ranged(20, 1, 1000)  # steps of those distribution rollouts
     model_start_refresh: int = ranged(10, 1)  # policy updates between distribution rollouts (one per update's starts)
     model_start_buffer: int = ranged(20000, 1)  # model states kept (oldest dropped first)
+    # An ensemble of value functions (REDQ, DHMBPO's critics): every member regresses on the same λ-returns,
+    # whose bootstrap values are the smallest of `value_target_min` target members drawn at random per update;
+    # the particle returns' tail is the members' mean. 1: one value function.
+    value_members: int = ranged(1, 1)
+    value_target_min: int = ranged(2, 1)  # target members the bootstrap takes the minimum of (capped at value_members)
 
 
 @dataclass

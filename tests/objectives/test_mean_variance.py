@@ -15,7 +15,8 @@ from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.model_learner import ModelLearner
 from umpo_dist.objectives import build_objective
 from umpo_dist.objectives.mean_variance import MeanVarianceObjective, mean_variance_objective
-from umpo_dist.objectives.rollouts import imagine_rollout, particle_returns
+from umpo_dist.models.policy import ValueFunction
+from umpo_dist.objectives.rollouts import imagine_rollout, lambda_returns, particle_returns
 
 torch.set_num_threads(1)
 
@@ -165,3 +166,81 @@ def test_updates_raise_the_objective_on_a_fixed_model():
     assert mv_rise > 10 * max(before[:, 1].std(), after[:, 1].std()), mv_rise
     for k, v in weights_before.items():  # the model stayed fixed
         torch.testing.assert_close(learner.model.state_dict()[k], v)
+
+
+# -- an ensemble of value functions ---------------------------------------------------------------------
+def test_value_ensemble_members_mean_and_pessimistic_subsets():
+    torch.manual_seed(0)
+    vf = ValueFunction(3, hidden_layers=1, hidden_size=8, members=4)
+    vf.set_obs_stats(torch.tensor([0.5, -1.0, 2.0]), torch.tensor([2.0, 0.5, 1.0]))
+    obs = torch.randn(5, 7, 3)
+    every = vf.members_values(obs)
+    assert every.shape == (4, 5, 7)
+    # Member 2 by hand: its own slice of every layer, on the scaled observation.
+    x = ((obs - vf.obs_mean) / vf.obs_std).reshape(-1, 3)
+    hidden = torch.nn.functional.silu(x @ vf.layers[0].weight[2] + vf.layers[0].bias[2])
+    torch.testing.assert_close(every[2], (hidden @ vf.layers[1].weight[2] + vf.layers[1].bias[2]).reshape(5, 7))
+    assert not torch.allclose(every[0], every[1])  # the members differ (their own initialisations)
+    torch.testing.assert_close(vf(obs), every.mean(0))  # the particle returns' tail: the members' mean
+    torch.testing.assert_close(vf.members_values(obs, torch.tensor([3, 1])), every[[3, 1]])
+    torch.testing.assert_close(vf.pessimistic(obs, 4), every.min(0).values)
+    torch.testing.assert_close(vf.pessimistic(obs, 9), every.min(0).values)  # capped at the members
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    drawn = set()
+    for _ in range(40):
+        got = vf.pessimistic(obs, 2)
+        match = [p for p in pairs if torch.equal(got, torch.minimum(every[p[0]], every[p[1]]))]
+        assert len(match) == 1, "the bootstrap is the minimum of one pair of members"
+        drawn.add(match[0])
+    assert len(drawn) >= 4  # pairs drawn at random, not a fixed one
+
+
+def test_one_value_member_is_the_plain_value_function():
+    torch.manual_seed(0)
+    vf = ValueFunction(3, hidden_layers=2, hidden_size=8)
+    assert sorted(vf.state_dict()) == ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight", "net.4.bias",
+                                       "net.4.weight", "obs_mean", "obs_std"]  # checkpoints from before load as they were
+    obs = torch.randn(6, 3)
+    torch.testing.assert_close(vf.members_values(obs), vf(obs).unsqueeze(0))
+    torch.testing.assert_close(vf.pessimistic(obs, 2), vf(obs))
+
+
+def test_value_members_regress_on_the_pessimistic_lambda_returns():
+    cfg = make_config(seed=0, value_members=3, value_target_min=3)
+    learner = MeanVarianceObjective(cfg, SPEC)
+    learner.set_model_weights(ModelLearner(cfg.model, 3, 2, seed=1).weights(), version=0)
+    rng = np.random.default_rng(2)
+    for _ in range(3):  # the target members drift from the members
+        learner.update({"start_states": rng.standard_normal((16, 3)).astype(np.float32)})
+    before = copy.deepcopy(learner)
+    start = rng.standard_normal((16, 3)).astype(np.float32)
+    torch.manual_seed(3)
+    metrics = learner.update({"start_states": start})
+
+    # The same update's value loss by hand: the same noise, every member against the minimum of the targets.
+    torch.manual_seed(3)
+    with torch.no_grad():
+        low, high = before._state_bounds()
+        ro = imagine_rollout(before.model, before.policy, torch.as_tensor(start), cfg.policy.horizon, low, high)
+        target_values = before.target_value.members_values(ro.states)
+        alive = ro.alive[:-1]
+
+        def loss(bootstrap):
+            targets = lambda_returns(ro.rewards, ro.continues, bootstrap, cfg.policy.gamma, cfg.policy.lambda_return)
+            return float((alive * (before.value.members_values(ro.states[:-1]) - targets) ** 2).sum() / alive.sum())
+
+        pessimistic, mean = loss(target_values.min(0).values), loss(target_values.mean(0))
+    assert metrics["policy/value_loss"] == pytest.approx(pessimistic, rel=1e-5)
+    assert metrics["policy/value_loss"] != pytest.approx(mean, rel=1e-3)
+    # Every member learned (each its own slice of the batched weights).
+    for old, new in zip(before.value.parameters(), learner.value.parameters()):
+        assert all(not torch.equal(o, n) for o, n in zip(old, new))
+    # A checkpoint carries the members; a restored learner continues identically.
+    other = MeanVarianceObjective(make_config(seed=5, value_members=3, value_target_min=3), SPEC)
+    other.set_model_weights(learner.model.state_dict(), version=0)
+    other.load_state(learner.state())
+    torch.manual_seed(9)
+    m1 = learner.update({"start_states": start})
+    torch.manual_seed(9)
+    m2 = other.update({"start_states": start})
+    assert m1 == pytest.approx(m2, rel=1e-6, abs=1e-7)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from umpo_dist.models.ensemble import EnsembleLinear
+
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
@@ -102,10 +104,44 @@ def build_policy(spec, cfg) -> TanhGaussianPolicy:
 
 
 class ValueFunction(ObservationInput):
-    def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128):
+    """V(s), or with `members` > 1 an ensemble of value functions as one batched network.
+
+    `forward` gives the members' mean; `members_values` every member's value (or those in `index`).
+    """
+
+    def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128, members: int = 1):
         super().__init__()
-        self.net = mlp(obs_dim, 1, hidden_layers, hidden_size)
+        self.members = members
+        if members == 1:
+            self.net = mlp(obs_dim, 1, hidden_layers, hidden_size)
+        else:
+            sizes = [obs_dim] + [hidden_size] * hidden_layers + [1]
+            self.layers = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self._init_obs_stats(obs_dim)
 
+    def members_values(self, obs: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, ...) values of members `index` (default: all) at `obs` (..., obs_dim)."""
+        x = self.scale(obs)
+        if self.members == 1:
+            return self.net(x).squeeze(-1).unsqueeze(0)
+        lead = x.shape[:-1]
+        n = self.members if index is None else len(index)
+        x = x.reshape(1, -1, x.shape[-1]).expand(n, -1, -1)
+        for i, layer in enumerate(self.layers):
+            weight, bias = (layer.weight, layer.bias) if index is None else (layer.weight[index], layer.bias[index])
+            x = torch.baddbmm(bias, x, weight)
+            if i < len(self.layers) - 1:
+                x = F.silu(x)
+        return x.reshape(n, *lead)
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(self.scale(obs)).squeeze(-1)
+        if self.members == 1:
+            return self.net(self.scale(obs)).squeeze(-1)
+        return self.members_values(obs).mean(0)
+
+    def pessimistic(self, obs: torch.Tensor, subset: int) -> torch.Tensor:
+        """The smallest value among `subset` members drawn at random (all of them if `subset` ≥ members)."""
+        if subset >= self.members:
+            return self.members_values(obs).min(0).values
+        index = torch.randperm(self.members, device=self.obs_mean.device)[:subset]
+        return self.members_values(obs, index).min(0).values

@@ -57,7 +57,8 @@ class MeanVarianceObjective:
         self.needs = DataNeeds(start_states=cfg.policy.start_states)
         self.device = torch.device(device)
         self.policy = build_policy(spec, cfg.policy).to(self.device)
-        self.value = ValueFunction(spec.obs_dim, cfg.policy.hidden_layers, cfg.policy.hidden_size).to(self.device)
+        self.value = ValueFunction(spec.obs_dim, cfg.policy.hidden_layers, cfg.policy.hidden_size,
+                                   cfg.policy.value_members).to(self.device)
         self.target_value = copy.deepcopy(self.value).requires_grad_(False)
         action_dim = self.policy.action_dim
         # Model states for the double horizon's start states (not checkpointed: refilled after a resume).
@@ -143,11 +144,13 @@ class MeanVarianceObjective:
 
         with torch.no_grad():
             states = rollout.states.detach()
-            targets = lambda_returns(
-                rewards.detach(), rollout.continues.detach(), self.target_value(states), cfg.gamma, cfg.lambda_return
-            )
+            bootstrap = self.target_value.pessimistic(states, cfg.value_target_min)
+            targets = lambda_returns(rewards.detach(), rollout.continues.detach(), bootstrap, cfg.gamma,
+                                     cfg.lambda_return)
             weight = alive.detach()
-        value_loss = (weight * (self.value(states[:-1]) - targets) ** 2).sum() / weight.sum().clamp_min(1e-6)
+        # every value member regresses on the same targets (summed over members)
+        errors = (self.value.members_values(states[:-1]) - targets) ** 2
+        value_loss = (weight * errors).sum() / weight.sum().clamp_min(1e-6)
         self.value_opt.zero_grad(set_to_none=True)  # also drops the actor loss's gradient on the value net
         value_loss.backward()
         value_grad = torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.grad_clip)
