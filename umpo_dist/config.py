@@ -169,7 +169,9 @@ class TrainConfig:
     policy_updates_per_step: float = ranged(1.0, 0, open_low=True)  # target policy updates per env step
     train_every: int = ranged(10, 1)  # env steps between learner rounds (inline runner)
     updates_per_call: int = ranged(50, 1)  # learner updates per actor call (Ray runtime)
-    publish_every: int = ranged(10, 1)  # policy updates between publications of its weights (and at each call's end)
+    # learner updates between publications of a learner's weights (and at each call's end), and between the
+    # policy learner's looks for a newer model (Ray runtime)
+    publish_every: int = ranged(10, 1)
     eval_every: int = ranged(1000, 1)  # env steps between evaluations
     checkpoint_every: int = ranged(5000, 0)  # env steps between checkpoints (0: only at the end)
     stop_at_return: float | None = None  # stop once an evaluation reaches this return

@@ -90,6 +90,11 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
     versions = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/policy_updates"))
     assert len(versions) == len(evals) and versions[0] == (0, 0)
     assert [v for _, v in versions] == sorted(v for _, v in versions) and versions[-1][1] > 0
+    # and the mean length of its episodes (InvertedPendulum: 1000 when it balances to the limit)
+    lengths = dict((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/length"))
+    assert sorted(lengths) == sorted(m.step for m in evals)
+    assert all(1 <= v <= 1000 for v in lengths.values())
+    assert all(lengths[m.step] == 1000 for m in evals if m.value >= 1000)
     for tag in ("umpo.version", "ray.version", "device"):
         assert tag in run.data.tags
     assert run.data.tags["device"] == device

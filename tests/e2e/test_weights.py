@@ -9,6 +9,7 @@ import torch
 
 from umpo_dist.runtime.ray.learners import Prefetcher
 from umpo_dist.runtime.ray.weights import WeightStoreActor, WeightSubscriber, publish
+from umpo_dist.runtime.weight_store import WeightStore
 
 pytestmark = pytest.mark.e2e
 
@@ -213,37 +214,59 @@ def test_model_realism_the_mnm_policy_learner_publishes_its_classifier_and_the_m
     assert after["metrics"]["model/realism_loss"] > 0
 
 
-def test_policy_learner_publishes_every_publish_every_updates_within_a_call(local_ray):
-    """Env workers act with the newest published policy, so a 30-update call with `publish_every=10`
-    must publish versions 10 and 20 on its way (not waited for) and 30 at its end, in that order."""
+@ray.remote(num_cpus=0)
+class RecordingStore(WeightStore):
+    """The weight store's protocol, noting every publication it receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.received = []
+
+    def publish(self, name, version, weights):
+        self.received.append((name, version))
+        return super().publish(name, version, [ray.put(weights)])
+
+    def log(self):
+        return self.received
+
+
+def test_learners_publish_every_publish_every_updates_within_a_call(local_ray):
+    """Env workers act with the newest published policy and the policy learner imagines with the newest
+    model, so a 30-update call with `publish_every=10` must publish versions 10 and 20 on its way (not
+    waited for) and 30 at its end, in that order, from either learner."""
     from test_distributed import FAST, ip_config
-    from umpo_dist.models.ensemble import build_ensemble
-    from umpo_dist.runtime.ray.learners import PolicyLearnerActor
-    from umpo_dist.runtime.weight_store import WeightStore
-
-    @ray.remote(num_cpus=0)
-    class RecordingStore(WeightStore):
-        """The weight store's protocol, noting every publication it receives."""
-
-        def __init__(self):
-            super().__init__()
-            self.received = []
-
-        def publish(self, name, version, weights):
-            self.received.append((name, version))
-            return super().publish(name, version, [ray.put(weights)])
-
-        def log(self):
-            return self.received
+    from umpo_dist.runtime.ray.learners import ModelLearnerActor, PolicyLearnerActor
 
     cfg = ip_config(*FAST, "train.publish_every=10")
     spec, replay = replay_with_data(cfg)
     store = RecordingStore.remote()
-    ray.get(store.publish.remote("model", 1, build_ensemble(spec, cfg.model).state_dict()))
+    model_learner = ModelLearnerActor.options(num_cpus=0.5).remote(cfg, spec, replay, store)
+    assert ray.get(model_learner.train.remote(30))["updates"] == 30
     learner = PolicyLearnerActor.options(num_cpus=0.5).remote(cfg, spec, replay, store)
 
     result = ray.get(learner.train.remote(30))
     assert result["updates"] == 30 and result["busy_s"] > 0 and 0 <= result["data_wait_s"] <= result["busy_s"]
-    policy = [version for name, version in ray.get(store.log.remote()) if name == "policy"]
-    assert policy == [10, 20, 30], policy
+    assert result["model_version"] == 30
+    log = ray.get(store.log.remote())
+    for name in ("model", "policy"):
+        assert [version for who, version in log if who == name] == [10, 20, 30], (name, log)
     assert ray.get(store.latest.remote("policy", -1))[0] == 30
+
+
+def test_policy_learner_takes_a_newer_model_within_a_call(local_ray):
+    """The model published while the policy learner is between calls reaches it within its next call, at one
+    of its looks every `publish_every` updates, not only at the start of the call after (where a look sent at
+    the start of the call would first be answered)."""
+    from test_distributed import FAST, ip_config
+    from umpo_dist.models.ensemble import build_ensemble
+    from umpo_dist.runtime.ray.learners import PolicyLearnerActor
+
+    cfg = ip_config(*FAST, "train.publish_every=5")
+    spec, replay = replay_with_data(cfg)
+    store = RecordingStore.remote()
+    ray.get(store.publish.remote("model", 1, build_ensemble(spec, cfg.model).state_dict()))
+    learner = PolicyLearnerActor.options(num_cpus=0.5).remote(cfg, spec, replay, store)
+    assert ray.get(learner.train.remote(10))["model_version"] == 1
+    ray.get(store.publish.remote("model", 2, build_ensemble(spec, cfg.model).state_dict()))
+    # 19 looks in 100 updates: the store answers the first within milliseconds
+    assert ray.get(learner.train.remote(100))["model_version"] == 2

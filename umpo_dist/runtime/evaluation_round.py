@@ -35,7 +35,8 @@ def record_round(runner, step: int, result: dict, weights: Callable[[], dict], p
     s, ret = runner.schedule, result["return_mean"]
     if s.record_evaluation(step, ret) and runner.on_best:
         runner.on_best(weights(), step, ret)
-    metrics = {"eval/return": ret, "eval/return_std": result["return_std"], "eval/policy_updates": policy_updates}
+    metrics = {"eval/return": ret, "eval/return_std": result["return_std"], "eval/length": result["length_mean"],
+               "eval/policy_updates": policy_updates}
     diag = result.get("diagnostics")
     if diag:
         metrics.update({f"diagnostics/{k}": float(v) for k, v in diag.items() if isinstance(v, (int, float))})

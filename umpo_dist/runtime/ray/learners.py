@@ -2,9 +2,10 @@
 
 Each wraps its core learner, computes on `cuda` when Ray assigned it a GPU and on
 the CPU otherwise, prefetches its next replay request while it computes on the
-current one, and publishes its weights to the weight store at the end of every call
-(the policy learner also every `train.publish_every` updates within a call, so that
-env workers act with a policy at most that many updates old). Each call reports the
+current one, and publishes its weights to the weight store every `train.publish_every`
+updates and at the end of every call, so that env workers act with a policy, and the
+policy learner imagines with a model, at most about that many updates old (the policy
+learner looks for a newer model as often). Each call reports the
 seconds it spent inside updates (`busy_s`), of which it waited for replay answers
 (`data_wait_s`), from which the driver logs utilisation and data waits.
 Ray restarts a learner that died; it comes back with its optimiser state from the
@@ -98,6 +99,14 @@ class _LearnerActor:
             except ACTOR_ERRORS:
                 pass  # the store went down meanwhile: keep what the checkpoint gave
 
+    def _publish_within(self, i: int, num_updates: int) -> bool:
+        """After the call's `i`-th update: publish every `train.publish_every` updates (not waited for: the
+        store keeps the newest version, and the call's last publication is awaited). True if it published."""
+        if i % self.cfg.train.publish_every or i == num_updates:
+            return False
+        self.store.publish.remote(self.weights_name, self.learner.updates, self.learner.weights())
+        return True
+
     def _result(self, rows: list[dict], started: float, data: Prefetcher, **extra) -> dict:
         busy_s = time.perf_counter() - started
         publish(self.store, self.weights_name, self.learner.updates, self.learner.weights())
@@ -145,13 +154,14 @@ class ModelLearnerActor(_LearnerActor):
                 self.learner.set_classifier_weights(weights, sub.version)
         self.learner.refresh_statistics(lambda: call_with_retry(lambda: self.replay.statistics.remote(), "replay statistics"))
         rows = []
-        for _ in range(num_updates):
+        for i in range(1, num_updates + 1):
             metrics = self.learner.update(self.batches.next())
             if self.learner.validation_due:
                 holdout = call_with_retry(lambda: self.replay.holdout_batch.remote(self.cfg.model.holdout_capacity),
                                           "replay holdout")
                 metrics.update(self.learner.validate(holdout))
             rows.append(metrics)
+            self._publish_within(i, num_updates)
         return self._result(rows, started, self.batches)
 
 
@@ -175,18 +185,19 @@ class PolicyLearnerActor(_LearnerActor):
     def _load_published(self, weights: dict) -> None:
         self.learner.policy.load_state_dict(weights)
 
+    def _take_model(self, weights: dict | None) -> None:
+        if weights is not None:
+            self.learner.set_model_weights(weights, self.model_weights.version)
+
     def train(self, num_updates: int) -> dict:
         weights = self.model_weights.poll() if self.learner.model_version >= 0 else self.model_weights.wait()
         started = time.perf_counter()  # after the first model's arrival: waiting for it is not work
-        if weights is not None:
-            self.learner.set_model_weights(weights, self.model_weights.version)
-        every = self.cfg.train.publish_every
+        self._take_model(weights)
         rows = []
         for i in range(1, num_updates + 1):
             rows.append(self.learner.update(self.data.next()))
-            if i % every == 0 and i < num_updates:
-                # Not waited for: the store keeps the newest version, and the call's last publication is awaited.
-                self.store.publish.remote(self.weights_name, self.learner.updates, self.learner.weights())
+            if self._publish_within(i, num_updates):
+                self._take_model(self.model_weights.poll())  # a newer model, if the store has one (never waits)
         shared = getattr(self.learner, "shared_weights", None)  # an objective's weights other learners use
         for name, weights in (shared() if shared else {}).items():
             publish(self.store, name, self.learner.updates, weights)
