@@ -108,6 +108,10 @@ class PolicyConfig:
     # the particle returns' tail is the members' mean. 1: one value function.
     value_members: int = ranged(1, 1)
     value_target_min: int = ranged(2, 1)  # target members the bootstrap takes the minimum of (capped at value_members)
+    # Scaled, bounded value (DHMBPO's critic): the value network's output spans [low, high], 1/(1 − γ) times the
+    # 1% and 99% quantiles of the imagined rewards (entropy bonus included where it is in the return) widened to
+    # include 0, tracked at the rate `value_lr` per update; bootstrap values are clamped to it. false: the raw output.
+    value_bounds: bool = False
 
 
 @dataclass

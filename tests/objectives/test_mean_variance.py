@@ -198,40 +198,60 @@ def test_value_ensemble_members_mean_and_pessimistic_subsets():
 def test_one_value_member_is_the_plain_value_function():
     torch.manual_seed(0)
     vf = ValueFunction(3, hidden_layers=2, hidden_size=8)
-    assert sorted(vf.state_dict()) == ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight", "net.4.bias",
-                                       "net.4.weight", "obs_mean", "obs_std"]  # checkpoints from before load as they were
+    assert sorted(vf.state_dict()) == ["high", "low", "net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight",
+                                       "net.4.bias", "net.4.weight", "obs_mean", "obs_std"]
     obs = torch.randn(6, 3)
     torch.testing.assert_close(vf.members_values(obs), vf(obs).unsqueeze(0))
     torch.testing.assert_close(vf.pessimistic(obs, 2), vf(obs))
+    assert torch.equal(vf(obs), vf.net(obs).squeeze(-1))  # no bounds set: the network's own output
+    # A value function saved before the bounds existed loads as it was.
+    old = {k: v for k, v in vf.state_dict().items() if k not in ("low", "high")}
+    vf.set_bounds(torch.tensor(10.0), torch.tensor(30.0))
+    torch.testing.assert_close(vf(obs), 20 + 10 * vf.net(obs).squeeze(-1))  # centre + half width · output
+    vf.load_state_dict(old)
+    assert (float(vf.low), float(vf.high)) == (-1.0, 1.0) and torch.equal(vf(obs), vf.net(obs).squeeze(-1))
+
+
+def trained_learner(cfg: Config, updates: int = 3) -> tuple[MeanVarianceObjective, np.random.Generator]:
+    learner = MeanVarianceObjective(cfg, SPEC)
+    learner.set_model_weights(ModelLearner(cfg.model, 3, 2, seed=1).weights(), version=0)
+    rng = np.random.default_rng(2)
+    for _ in range(updates):  # the target members drift from the members
+        learner.update({"start_states": rng.standard_normal((16, 3)).astype(np.float32)})
+    return learner, rng
+
+
+def replay_update(before: MeanVarianceObjective, start: np.ndarray, seed: int):
+    """The rollout of `before.update` under `torch.manual_seed(seed)`, and the value loss for given bootstrap values."""
+    cfg = before.cfg
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        low, high = before._state_bounds()
+        ro = imagine_rollout(before.model, before.policy, torch.as_tensor(start), cfg.horizon, low, high)
+    alive = ro.alive[:-1]
+
+    @torch.no_grad()
+    def loss(bootstrap: torch.Tensor, value: ValueFunction) -> float:
+        targets = lambda_returns(ro.rewards, ro.continues, bootstrap, cfg.gamma, cfg.lambda_return)
+        return float((alive * (value.members_values(ro.states[:-1]) - targets) ** 2).sum() / alive.sum())
+
+    return ro, loss
 
 
 def test_value_members_regress_on_the_pessimistic_lambda_returns():
     cfg = make_config(seed=0, value_members=3, value_target_min=3)
-    learner = MeanVarianceObjective(cfg, SPEC)
-    learner.set_model_weights(ModelLearner(cfg.model, 3, 2, seed=1).weights(), version=0)
-    rng = np.random.default_rng(2)
-    for _ in range(3):  # the target members drift from the members
-        learner.update({"start_states": rng.standard_normal((16, 3)).astype(np.float32)})
+    learner, rng = trained_learner(cfg)
     before = copy.deepcopy(learner)
     start = rng.standard_normal((16, 3)).astype(np.float32)
     torch.manual_seed(3)
     metrics = learner.update({"start_states": start})
 
     # The same update's value loss by hand: the same noise, every member against the minimum of the targets.
-    torch.manual_seed(3)
+    ro, loss = replay_update(before, start, seed=3)
     with torch.no_grad():
-        low, high = before._state_bounds()
-        ro = imagine_rollout(before.model, before.policy, torch.as_tensor(start), cfg.policy.horizon, low, high)
         target_values = before.target_value.members_values(ro.states)
-        alive = ro.alive[:-1]
-
-        def loss(bootstrap):
-            targets = lambda_returns(ro.rewards, ro.continues, bootstrap, cfg.policy.gamma, cfg.policy.lambda_return)
-            return float((alive * (before.value.members_values(ro.states[:-1]) - targets) ** 2).sum() / alive.sum())
-
-        pessimistic, mean = loss(target_values.min(0).values), loss(target_values.mean(0))
-    assert metrics["policy/value_loss"] == pytest.approx(pessimistic, rel=1e-5)
-    assert metrics["policy/value_loss"] != pytest.approx(mean, rel=1e-3)
+    assert metrics["policy/value_loss"] == pytest.approx(loss(target_values.min(0).values, before.value), rel=1e-5)
+    assert metrics["policy/value_loss"] != pytest.approx(loss(target_values.mean(0), before.value), rel=1e-3)
     # Every member learned (each its own slice of the batched weights).
     for old, new in zip(before.value.parameters(), learner.value.parameters()):
         assert all(not torch.equal(o, n) for o, n in zip(old, new))
@@ -244,3 +264,46 @@ def test_value_members_regress_on_the_pessimistic_lambda_returns():
     torch.manual_seed(9)
     m2 = other.update({"start_states": start})
     assert m1 == pytest.approx(m2, rel=1e-6, abs=1e-7)
+
+
+def test_value_bounds_follow_the_imagined_rewards_and_clamp_the_bootstrap():
+    cfg = make_config(seed=0, value_bounds=True, gamma=0.9, value_lr=0.05)
+    fresh = MeanVarianceObjective(cfg, SPEC)
+    fresh.set_model_weights(ModelLearner(cfg.model, 3, 2, seed=1).weights(), version=0)
+    start = np.random.default_rng(4).standard_normal((16, 3)).astype(np.float32)
+    first = copy.deepcopy(fresh)
+    torch.manual_seed(5)
+    fresh.update({"start_states": start})
+    ro, _ = replay_update(first, start, seed=5)
+    q01, q99 = np.quantile(ro.rewards.numpy().ravel(), [0.01, 0.99]) * 10  # 1 / (1 − γ) = 10
+    # The first update sets them: the rewards' quantiles over 1 − γ, widened to include 0.
+    expected = (min(q01, 0.0), max(q99, 0.0))
+    assert q01 < 0 or q99 > 0
+    for net in (fresh.value, fresh.target_value):
+        assert (float(net.low), float(net.high)) == pytest.approx(expected, rel=1e-4)
+
+    learner, rng = trained_learner(cfg)
+    # Narrow bounds and a target network whose outputs reach beyond them, so that the clamp matters.
+    for net in (learner.value, learner.target_value):
+        net.set_bounds(torch.tensor(-0.5), torch.tensor(0.2))
+    with torch.no_grad():
+        learner.target_value.net[-1].weight.mul_(30)
+    before = copy.deepcopy(learner)
+    start = rng.standard_normal((16, 3)).astype(np.float32)
+    torch.manual_seed(3)
+    metrics = learner.update({"start_states": start})
+    ro, loss = replay_update(before, start, seed=3)
+    q01, q99 = np.quantile(ro.rewards.numpy().ravel(), [0.01, 0.99]) * 10
+    low = -0.5 + 0.05 * (min(q01, 0.0) + 0.5)  # later updates move them at the rate value_lr
+    high = 0.2 + 0.05 * (max(q99, 0.0) - 0.2)
+    assert (metrics["policy/value_low"], metrics["policy/value_high"]) == pytest.approx((low, high), rel=1e-4)
+    # The value loss of that update: the value read within the new bounds, its targets from clamped bootstraps.
+    now = copy.deepcopy(before.value)
+    now.set_bounds(torch.tensor(low), torch.tensor(high))
+    with torch.no_grad():
+        raw = before.target_value.net(before.target_value.scale(ro.states)).squeeze(-1)
+        bootstrap = (low + high) / 2 + (high - low) / 2 * raw
+    assert ((bootstrap < low) | (bootstrap > high)).float().mean() > 0.1
+    clamped = loss(bootstrap.clamp(low, high), now)
+    assert metrics["policy/value_loss"] == pytest.approx(clamped, rel=1e-4)
+    assert metrics["policy/value_loss"] != pytest.approx(loss(bootstrap, now), rel=1e-3)

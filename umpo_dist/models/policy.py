@@ -107,6 +107,8 @@ class ValueFunction(ObservationInput):
     """V(s), or with `members` > 1 an ensemble of value functions as one batched network.
 
     `forward` gives the members' mean; `members_values` every member's value (or those in `index`).
+    The network's output `y` is read as `center + half_width · y` with the buffers `low`, `high`
+    (−1 and 1, the identity, until `set_bounds`), so a value of any scale starts within reach.
     """
 
     def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128, members: int = 1):
@@ -118,12 +120,27 @@ class ValueFunction(ObservationInput):
             sizes = [obs_dim] + [hidden_size] * hidden_layers + [1]
             self.layers = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self._init_obs_stats(obs_dim)
+        self.register_buffer("low", torch.tensor(-1.0))
+        self.register_buffer("high", torch.tensor(1.0))
+
+    def set_bounds(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.low.copy_(low)
+            self.high.copy_(high)
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        return (self.high + self.low) / 2 + (self.high - self.low) / 2 * y
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "low", torch.tensor(-1.0))  # weights saved before the bounds: identity
+        state_dict.setdefault(prefix + "high", torch.tensor(1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def members_values(self, obs: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """(N, ...) values of members `index` (default: all) at `obs` (..., obs_dim)."""
         x = self.scale(obs)
         if self.members == 1:
-            return self.net(x).squeeze(-1).unsqueeze(0)
+            return self._output(self.net(x).squeeze(-1)).unsqueeze(0)
         lead = x.shape[:-1]
         n = self.members if index is None else len(index)
         x = x.reshape(1, -1, x.shape[-1]).expand(n, -1, -1)
@@ -132,11 +149,11 @@ class ValueFunction(ObservationInput):
             x = torch.baddbmm(bias, x, weight)
             if i < len(self.layers) - 1:
                 x = F.silu(x)
-        return x.reshape(n, *lead)
+        return self._output(x.reshape(n, *lead))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if self.members == 1:
-            return self.net(self.scale(obs)).squeeze(-1)
+            return self._output(self.net(self.scale(obs)).squeeze(-1))
         return self.members_values(obs).mean(0)
 
     def pessimistic(self, obs: torch.Tensor, subset: int) -> torch.Tensor:

@@ -111,6 +111,18 @@ class MeanVarianceObjective:
             return replay_starts
         return torch.cat([self.model_starts.sample(n)["next_obs"], replay_starts[n:]])
 
+    def _track_value_bounds(self, rewards: torch.Tensor) -> None:
+        """`policy.value_bounds`: move the value's [low, high] toward 1/(1 − γ) × the 1% and 99% quantiles of
+        this update's imagined rewards, widened to include 0 (the value of an ended episode), at the rate
+        `policy.value_lr` (set to them at the first update)."""
+        q = torch.tensor([0.01, 0.99], device=rewards.device, dtype=rewards.dtype)
+        low, high = torch.quantile(rewards.flatten(), q) / (1 - self.cfg.gamma)
+        bounds = torch.stack([low.clamp(max=0), high.clamp(min=0)])
+        if self.updates:
+            bounds = torch.lerp(torch.stack([self.value.low, self.value.high]), bounds, self.cfg.value_lr)
+        for net in (self.value, self.target_value):
+            net.set_bounds(*bounds)
+
     def imagined_rewards(self, rollout: Rollout, data: dict) -> torch.Tensor:
         """The rewards (H, E, B) the particle returns and the value targets are built from.
 
@@ -131,6 +143,8 @@ class MeanVarianceObjective:
         rewards = self.imagined_rewards(rollout, data)
         if cfg.entropy_in_return:  # a soft return: the entropy bonus of every step, discounted with its reward
             rewards = rewards - alpha * rollout.log_probs
+        if cfg.value_bounds:
+            self._track_value_bounds(rewards.detach())
         returns = particle_returns(rollout, self.value, cfg.gamma, rewards)
         if self.elites_only:
             returns = returns[self.model.elite_mask]
@@ -145,6 +159,8 @@ class MeanVarianceObjective:
         with torch.no_grad():
             states = rollout.states.detach()
             bootstrap = self.target_value.pessimistic(states, cfg.value_target_min)
+            if cfg.value_bounds:
+                bootstrap = torch.clamp(bootstrap, self.value.low, self.value.high)
             targets = lambda_returns(rewards.detach(), rollout.continues.detach(), bootstrap, cfg.gamma,
                                      cfg.lambda_return)
             weight = alive.detach()
@@ -183,6 +199,8 @@ class MeanVarianceObjective:
             "policy/actor_grad_norm": float(actor_grad),
             "policy/epistemic": float(rollout.epistemic.detach().mean()),
             **({"policy/model_start_buffer": len(self.model_starts)} if self.cfg.model_start_share else {}),
+            **({"policy/value_low": float(self.value.low), "policy/value_high": float(self.value.high)}
+               if self.cfg.value_bounds else {}),
         }
 
     def weights(self) -> dict:
