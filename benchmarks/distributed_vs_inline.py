@@ -245,7 +245,8 @@ def main() -> None:
     print("  ray utilisation (share of wall-clock in useful work since each role's first call): "
           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(use.items())))
     di, dr = pendulum["inline"].get("to_target_s"), pendulum["ray"].get("to_target_s")
-    bench = f"distributed_vs_inline (InvertedPendulum-v5 to {args.target:g}, seed {args.seed}, {os.cpu_count()} cores)"
+    settings = "".join(f"; {o}" for o in args.overrides)  # a row's label names the settings it ran with
+    bench = f"distributed_vs_inline (InvertedPendulum-v5 to {args.target:g}, seed {args.seed}, {os.cpu_count()} cores{settings})"
     rows = []
     if di is not None and dr is not None:
         si, sr = pendulum["inline"]["target_step"], pendulum["ray"]["target_step"]
@@ -281,7 +282,8 @@ def main() -> None:
         print(f"best return distributed - inline: {br - bi:+.1f}")
         if args.halfcheetah_steps:
             si, sr = cheetah["inline"]["summary"], cheetah["ray"]["summary"]
-            hc = f"distributed_vs_inline (HalfCheetah-v5, {args.halfcheetah_steps} env steps, seed {args.seed}, {os.cpu_count()} cores)"
+            hc = (f"distributed_vs_inline (HalfCheetah-v5, {args.halfcheetah_steps} env steps, seed {args.seed}, "
+                  f"{os.cpu_count()} cores{settings})")
             rows += [{"benchmark": hc, "figure": "final return (ray vs inline)", "value": f"{sr['final_return']:.1f}",
                       "baseline": f"{si['final_return']:.1f}", "ratio": ""},
                      {"benchmark": hc, "figure": "best return (ray vs inline)", "value": f"{sr['best_return']:.1f}",
