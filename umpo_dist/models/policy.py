@@ -152,8 +152,6 @@ class ValueFunction(ObservationInput):
         return self._output(x.reshape(n, *lead))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.members == 1:
-            return self._output(self.net(self.scale(obs)).squeeze(-1))
         return self.members_values(obs).mean(0)
 
     def pessimistic(self, obs: torch.Tensor, subset: int) -> torch.Tensor:
