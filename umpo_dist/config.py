@@ -112,6 +112,10 @@ class PolicyConfig:
     # 1% and 99% quantiles of the imagined rewards (entropy bonus included where it is in the return) widened to
     # include 0, tracked at the rate `value_lr` per update; bootstrap values are clamped to it. false: the raw output.
     value_bounds: bool = False
+    # What carries the tail beyond H: "value", V(s_H); "q", Q(s_H, a_H) with a_H the policy's reparameterised
+    # action, so the tail's gradient reaches the policy through that action too (DHMBPO's critic), trained on
+    # the imagined (s_t, a_t) with the same λ-returns (soft values: the entropy bonus of a_t is not in Q's target).
+    critic: str = choice("value", "value", "q")
 
 
 @dataclass

@@ -32,11 +32,11 @@ CASES = {
     "dyna": (("policy.objective=dyna",), ("policy/critic_loss", "dyna/model_buffer_size", "dyna/model_reward_mean"),
              ("actor_opt", "critic_opt")),
     # mean_variance with model start states, rolled out with InvertedPendulum's known termination rule, the model
-    # normalising with the replay's statistics, imagined states clamped to the data's range, and three value
-    # members with bounds
+    # normalising with the replay's statistics, imagined states clamped to the data's range, and a Q critic of
+    # three members with bounds
     "double_horizon": (("policy.model_start_share=0.5", "policy.model_start_horizon=10", "model.termination=known",
                         "model.normalizer=replay", "policy.state_clip=range", "policy.value_members=3",
-                        "policy.value_bounds=true"),
+                        "policy.value_bounds=true", "policy.critic=q"),
                        ("policy/model_start_buffer", "policy/objective", "policy/value_low", "policy/value_high"),
                        ("actor_opt", "value_opt")),
 }
@@ -103,7 +103,7 @@ def test_the_objective_trains_in_both_runtimes_and_resumes_from_its_checkpoint(c
         assert_normalised_with_a_replay_prefix(load_checkpoint(second["run_dir"]))
     if "policy.value_members=3" in overrides:  # the members and their bounds travel in the checkpoint
         for ckpt_state in (state, final):
-            assert ckpt_state["value"]["layers.0.weight"].shape[0] == 3
+            assert ckpt_state["value"]["layers.0.weight"].shape[:2] == (3, 4 + 1)  # Q(s, a): InvertedPendulum's
             assert ckpt_state["value"]["low"] <= 0 <= ckpt_state["value"]["high"]
             assert ckpt_state["value"]["high"] > ckpt_state["value"]["low"]
             assert torch.equal(ckpt_state["target_value"]["high"], ckpt_state["value"]["high"])

@@ -182,7 +182,7 @@ def test_value_ensemble_members_mean_and_pessimistic_subsets():
     torch.testing.assert_close(every[2], (hidden @ vf.layers[1].weight[2] + vf.layers[1].bias[2]).reshape(5, 7))
     assert not torch.allclose(every[0], every[1])  # the members differ (their own initialisations)
     torch.testing.assert_close(vf(obs), every.mean(0))  # the particle returns' tail: the members' mean
-    torch.testing.assert_close(vf.members_values(obs, torch.tensor([3, 1])), every[[3, 1]])
+    torch.testing.assert_close(vf.members_values(obs, index=torch.tensor([3, 1])), every[[3, 1]])
     torch.testing.assert_close(vf.pessimistic(obs, 4), every.min(0).values)
     torch.testing.assert_close(vf.pessimistic(obs, 9), every.min(0).values)  # capped at the members
     pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
@@ -307,3 +307,80 @@ def test_value_bounds_follow_the_imagined_rewards_and_clamp_the_bootstrap():
     clamped = loss(bootstrap.clamp(low, high), now)
     assert metrics["policy/value_loss"] == pytest.approx(clamped, rel=1e-4)
     assert metrics["policy/value_loss"] != pytest.approx(loss(bootstrap, now), rel=1e-3)
+
+
+# -- policy.critic: q ---------------------------------------------------------------------------------
+def test_q_critic_regresses_on_soft_lambda_returns_at_the_imagined_actions():
+    cfg = make_config(seed=0, critic="q", entropy_in_return=True, init_temperature=0.5)
+    learner, rng = trained_learner(cfg)
+    assert learner.value.action_dim == SPEC.action_dim
+    before = copy.deepcopy(learner)
+    start = rng.standard_normal((16, 3)).astype(np.float32)
+    torch.manual_seed(3)
+    metrics = learner.update({"start_states": start})
+
+    # The same update by hand: the same noise (the final action is the rollout's last draw).
+    torch.manual_seed(3)
+    with torch.no_grad():
+        low, high = before._state_bounds()
+        ro = imagine_rollout(before.model, before.policy, torch.as_tensor(start), cfg.policy.horizon, low, high,
+                             final_action=True)
+        alpha = before.log_alpha.exp()
+        actions = torch.cat([ro.actions, ro.final_action[None]])
+        log_probs = torch.cat([ro.log_probs, ro.final_log_prob[None]])
+        soft_values = before.target_value(ro.states, actions) - alpha * log_probs
+        v_style = lambda_returns(ro.rewards - alpha * ro.log_probs, ro.continues, soft_values, cfg.policy.gamma,
+                                 cfg.policy.lambda_return)
+        q_pred = before.value(ro.states[:-1], actions[:-1])
+    alive = ro.alive[:-1]
+
+    def loss(targets):
+        return float((alive * (q_pred - targets) ** 2).sum() / alive.sum())
+
+    # Q(s_t, a_t)'s target is the soft λ-return from s_t plus a_t's own entropy bonus back (a_t is given).
+    assert metrics["policy/value_loss"] == pytest.approx(loss(v_style + alpha * ro.log_probs), rel=1e-5)
+    assert metrics["policy/value_loss"] != pytest.approx(loss(v_style), rel=1e-3)
+    # A checkpoint carries the Q function; a restored learner continues identically.
+    other = MeanVarianceObjective(make_config(seed=5, critic="q", entropy_in_return=True), SPEC)
+    other.set_model_weights(learner.model.state_dict(), version=0)
+    other.load_state(learner.state())
+    torch.manual_seed(9)
+    m1 = learner.update({"start_states": start})
+    torch.manual_seed(9)
+    m2 = other.update({"start_states": start})
+    assert m1 == pytest.approx(m2, rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("critic", ["q", "value"])
+def test_the_q_tail_moves_the_policy_through_its_last_action(critic):
+    """A model whose next state ignores the action and whose rewards are 0, and a critic fixed to prefer a
+    large first action component: only a Q tail gives the policy a reason to move its action."""
+    cfg = make_config(seed=0, critic=critic, value_lr=1e-12, init_temperature=1e-5, alpha_lr=0.0, actor_lr=1e-2)
+    weights = ModelLearner(cfg.model, 3, 2, seed=1).weights()
+    for name in ("head.weight", "head.bias"):
+        weights[name] = torch.zeros_like(weights[name])
+    weights["head.bias"][..., -1] = -10.0  # never terminates
+    weights["max_logvar"] = torch.full_like(weights["max_logvar"], -30.0)
+    weights["min_logvar"] = torch.full_like(weights["min_logvar"], -40.0)
+    weights["target_norm.mean"] = torch.tensor([0.05, 0.0, -0.05, 0.0])  # a drift, reward 0
+    learner = MeanVarianceObjective(cfg, SPEC)
+    learner.set_model_weights(weights, version=0)
+    with torch.no_grad():  # V(s) = Q(s, a) = Σ_units silu(a_0): larger with the first action component
+        for net in (learner.value, learner.target_value):
+            first, last = net.net[0], net.net[-1]
+            for p in net.parameters():
+                p.zero_()
+            if critic == "q":
+                first.weight[:, SPEC.obs_dim] = 1.0
+            last.weight.fill_(1.0)
+    probe = torch.as_tensor(np.random.default_rng(0).standard_normal((64, 3)), dtype=torch.float32)
+    action_before = learner.policy.act(probe.numpy(), deterministic=True)[:, 0].mean()
+    rng = np.random.default_rng(1)
+    grads = [learner.update({"start_states": rng.standard_normal((16, 3)).astype(np.float32)})["policy/actor_grad_norm"]
+             for _ in range(60)]
+    moved = learner.policy.act(probe.numpy(), deterministic=True)[:, 0].mean() - action_before
+    if critic == "q":
+        assert min(grads) > 0.1
+        assert moved > 0.5  # toward the critic's preferred action (the box's high is 1)
+    else:  # nothing but the tiny entropy bonus (Adam would still move the policy on it, in no useful direction)
+        assert max(grads) < 1e-3

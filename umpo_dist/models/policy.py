@@ -104,20 +104,22 @@ def build_policy(spec, cfg) -> TanhGaussianPolicy:
 
 
 class ValueFunction(ObservationInput):
-    """V(s), or with `members` > 1 an ensemble of value functions as one batched network.
+    """V(s), or with `action_dim` > 0 Q(s, a); with `members` > 1 an ensemble of them as one batched network.
 
-    `forward` gives the members' mean; `members_values` every member's value (or those in `index`).
+    `forward` gives the members' mean; `members_values` every member's value (or those in `index`). A Q
+    function takes the scaled observation and the action side by side.
     The network's output `y` is read as `center + half_width · y` with the buffers `low`, `high`
     (−1 and 1, the identity, until `set_bounds`), so a value of any scale starts within reach.
     """
 
-    def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128, members: int = 1):
+    def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128, members: int = 1,
+                 action_dim: int = 0):
         super().__init__()
-        self.members = members
+        self.members, self.action_dim = members, action_dim
         if members == 1:
-            self.net = mlp(obs_dim, 1, hidden_layers, hidden_size)
+            self.net = mlp(obs_dim + action_dim, 1, hidden_layers, hidden_size)
         else:
-            sizes = [obs_dim] + [hidden_size] * hidden_layers + [1]
+            sizes = [obs_dim + action_dim] + [hidden_size] * hidden_layers + [1]
             self.layers = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self._init_obs_stats(obs_dim)
         self.register_buffer("low", torch.tensor(-1.0))
@@ -136,9 +138,13 @@ class ValueFunction(ObservationInput):
         state_dict.setdefault(prefix + "high", torch.tensor(1.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def members_values(self, obs: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, ...) values of members `index` (default: all) at `obs` (..., obs_dim)."""
+    def members_values(self, obs: torch.Tensor, action: torch.Tensor | None = None,
+                       index: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, ...) values of members `index` (default: all) at `obs` (..., obs_dim) and, for a Q function,
+        `action` (..., action_dim)."""
         x = self.scale(obs)
+        if self.action_dim:
+            x = torch.cat([x, action.to(x.dtype)], -1)
         if self.members == 1:
             return self._output(self.net(x).squeeze(-1)).unsqueeze(0)
         lead = x.shape[:-1]
@@ -151,12 +157,10 @@ class ValueFunction(ObservationInput):
                 x = F.silu(x)
         return self._output(x.reshape(n, *lead))
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.members_values(obs).mean(0)
+    def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
+        return self.members_values(obs, action).mean(0)
 
-    def pessimistic(self, obs: torch.Tensor, subset: int) -> torch.Tensor:
+    def pessimistic(self, obs: torch.Tensor, subset: int, action: torch.Tensor | None = None) -> torch.Tensor:
         """The smallest value among `subset` members drawn at random (all of them if `subset` ≥ members)."""
-        if subset >= self.members:
-            return self.members_values(obs).min(0).values
-        index = torch.randperm(self.members, device=self.obs_mean.device)[:subset]
-        return self.members_values(obs, index).min(0).values
+        index = None if subset >= self.members else torch.randperm(self.members, device=self.obs_mean.device)[:subset]
+        return self.members_values(obs, action, index).min(0).values

@@ -57,10 +57,11 @@ class MeanVarianceObjective:
         self.needs = DataNeeds(start_states=cfg.policy.start_states)
         self.device = torch.device(device)
         self.policy = build_policy(spec, cfg.policy).to(self.device)
-        self.value = ValueFunction(spec.obs_dim, cfg.policy.hidden_layers, cfg.policy.hidden_size,
-                                   cfg.policy.value_members).to(self.device)
-        self.target_value = copy.deepcopy(self.value).requires_grad_(False)
         action_dim = self.policy.action_dim
+        self.q_critic = cfg.policy.critic == "q"
+        self.value = ValueFunction(spec.obs_dim, cfg.policy.hidden_layers, cfg.policy.hidden_size,
+                                   cfg.policy.value_members, action_dim if self.q_critic else 0).to(self.device)
+        self.target_value = copy.deepcopy(self.value).requires_grad_(False)
         # Model states for the double horizon's start states (not checkpointed: refilled after a resume).
         self.model_starts = (ModelTransitions(cfg.policy.model_start_buffer, spec.obs_dim, action_dim, self.device)
                              if cfg.policy.model_start_share else None)
@@ -131,6 +132,13 @@ class MeanVarianceObjective:
         """
         return rollout.rewards
 
+    def _critic_inputs(self, rollout: Rollout) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The actions (H+1, E, B, act) at the rollout's states that the critic is evaluated with (None for a
+        V function), and the log-probabilities (H+1, E, B) of those actions (the soft value's entropy bonus)."""
+        log_probs = torch.cat([rollout.log_probs, rollout.final_log_prob[None]]) if self.q_critic else None
+        actions = torch.cat([rollout.actions, rollout.final_action[None]]) if self.q_critic else None
+        return actions, log_probs
+
     def update(self, data: dict) -> dict[str, float]:
         """One update from `data["start_states"]` (the replay's answer to `self.needs`)."""
         cfg = self.cfg
@@ -139,13 +147,19 @@ class MeanVarianceObjective:
         start = self._start_states(start, low, high)
         alpha = self.log_alpha.exp().detach()
 
-        rollout = imagine_rollout(self.model, self.policy, start, cfg.horizon, low, high, cfg.mean_rewards)
+        rollout = imagine_rollout(self.model, self.policy, start, cfg.horizon, low, high, cfg.mean_rewards,
+                                  final_action=self.q_critic)
         rewards = self.imagined_rewards(rollout, data)
+        soft = alpha if cfg.entropy_in_return else 0.0
         if cfg.entropy_in_return:  # a soft return: the entropy bonus of every step, discounted with its reward
             rewards = rewards - alpha * rollout.log_probs
         if cfg.value_bounds:
             self._track_value_bounds(rewards.detach())
-        returns = particle_returns(rollout, self.value, cfg.gamma, rewards)
+        actions, log_probs = self._critic_inputs(rollout)
+        # the tail: V(s_H), or the soft value Q(s_H, a_H) − α·log π(a_H|s_H) with a gradient through a_H
+        tail = (self.value(rollout.states[-1], actions[-1]) - soft * log_probs[-1] if self.q_critic
+                else self.value(rollout.states[-1]))
+        returns = particle_returns(rollout, tail, cfg.gamma, rewards)
         if self.elites_only:
             returns = returns[self.model.elite_mask]
         objective, ret_mean, ret_std = mean_variance_objective(returns, self.risk_lambda)
@@ -158,14 +172,19 @@ class MeanVarianceObjective:
 
         with torch.no_grad():
             states = rollout.states.detach()
-            bootstrap = self.target_value.pessimistic(states, cfg.value_target_min)
+            actions = actions.detach() if self.q_critic else None
+            bootstrap = self.target_value.pessimistic(states, cfg.value_target_min, actions)
             if cfg.value_bounds:
                 bootstrap = torch.clamp(bootstrap, self.value.low, self.value.high)
+            if self.q_critic:  # the states' soft values
+                bootstrap = bootstrap - soft * log_probs.detach()
             targets = lambda_returns(rewards.detach(), rollout.continues.detach(), bootstrap, cfg.gamma,
                                      cfg.lambda_return)
+            if self.q_critic:  # Q(s_t, a_t): a_t is given, so its own entropy bonus is not part of the target
+                targets = targets + soft * rollout.log_probs.detach()
             weight = alive.detach()
         # every value member regresses on the same targets (summed over members)
-        errors = (self.value.members_values(states[:-1]) - targets) ** 2
+        errors = (self.value.members_values(states[:-1], None if actions is None else actions[:-1]) - targets) ** 2
         value_loss = (weight * errors).sum() / weight.sum().clamp_min(1e-6)
         self.value_opt.zero_grad(set_to_none=True)  # also drops the actor loss's gradient on the value net
         value_loss.backward()

@@ -29,6 +29,10 @@ class Rollout:
     alive: torch.Tensor  # (H+1, E, B): probability of being alive before step t
     log_probs: torch.Tensor  # (H, E, B)
     epistemic: torch.Tensor  # (H, B): mean epistemic variance over target dims
+    # the policy's reparameterised action at the last states and its log-probability, (E, B, act) and (E, B):
+    # what a Q function's tail is evaluated at (None unless asked for)
+    final_action: torch.Tensor | None = None
+    final_log_prob: torch.Tensor | None = None
 
 
 def imagine_rollout(
@@ -39,10 +43,12 @@ def imagine_rollout(
     state_low: torch.Tensor | None = None,
     state_high: torch.Tensor | None = None,
     mean_rewards: bool = False,
+    final_action: bool = False,
 ) -> Rollout:
     """Roll the policy out in the model, one particle per member from each start state.
 
     `mean_rewards`: rewards are the members' predicted means (the next states are still sampled).
+    `final_action`: also draw the policy's action at the last states (a Q function's tail).
     """
     s = start_states.unsqueeze(0).expand(model.ensemble_size, -1, -1)
     alive = torch.ones(s.shape[:2], device=s.device)
@@ -61,9 +67,10 @@ def imagine_rollout(
         alives.append(alive)
         log_probs.append(logp)
         epistemic.append(epi.mean(-1))
+    last = policy(s) if final_action else (None, None)
     return Rollout(
         torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(continues), torch.stack(alives),
-        torch.stack(log_probs), torch.stack(epistemic),
+        torch.stack(log_probs), torch.stack(epistemic), *last,
     )
 
 
@@ -141,17 +148,19 @@ class ModelTransitions:
         return {k: v[idx] for k, v in self.data.items()}
 
 
-def particle_returns(rollout: Rollout, value: ValueFunction, gamma: float,
+def particle_returns(rollout: Rollout, value: ValueFunction | torch.Tensor, gamma: float,
                      rewards: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_t γ^t alive_t r_t + γ^H alive_H V(s_H), per particle: (E, B).
 
+    `value`: a function of the last states, or the tail values V(s_H) (E, B) themselves.
     `rewards` (H, E, B) replaces the rollout's own (e.g. rewards with an entropy bonus).
     """
     rewards = rollout.rewards if rewards is None else rewards
     horizon = rewards.shape[0]
     discounts = gamma ** torch.arange(horizon, device=rewards.device, dtype=rewards.dtype)
     ret = (discounts[:, None, None] * rollout.alive[:-1] * rewards).sum(0)
-    return ret + gamma**horizon * rollout.alive[-1] * value(rollout.states[-1])
+    tail = value if isinstance(value, torch.Tensor) else value(rollout.states[-1])
+    return ret + gamma**horizon * rollout.alive[-1] * tail
 
 
 def lambda_returns(rewards, continues, values, gamma: float, lam: float) -> torch.Tensor:
