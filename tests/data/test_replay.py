@@ -287,6 +287,36 @@ def test_sample_for_serves_exactly_what_the_needs_ask():
         np.testing.assert_array_equal(both["transitions"][key], expected[key], err_msg=key)
 
 
+@pytest.mark.parametrize("method, args", [
+    ("sample", (9,)), ("sample_start_states", (6,)), ("sample_for", (DataNeeds(start_states=5),)),
+    ("sample_for", (DataNeeds(transitions=4),)), ("sample_for", (DataNeeds(start_states=3, transitions=2),)),
+    ("sample_for", (DataNeeds(),)),
+])
+def test_many_answers_like_that_many_calls_in_a_row(method, args):
+    """`many` draws the batches at once, and they are exactly those of the calls one by one (same seed)."""
+    a = ReplayBuffer(OBS_DIM, ACT_DIM, capacity=64, ensemble_size=E, seed=8)
+    b = ReplayBuffer(OBS_DIM, ACT_DIM, capacity=64, ensemble_size=E, seed=8)
+    fill(a, [100, 30])
+    fill(b, [100, 30])
+    got = a.many(4, method, *args) + a.many(1, method, *args)
+    expected = [getattr(b, method)(*args) for _ in range(5)]
+
+    def flat(answer, prefix=""):
+        if isinstance(answer, np.ndarray):
+            return {prefix: answer}
+        return {k: v for key, sub in answer.items() for k, v in flat(sub, prefix + "/" + key).items()}
+
+    assert len(got) == 5
+    for g, e in zip(got, expected):
+        g, e = flat(g), flat(e)
+        assert g.keys() == e.keys()
+        for key in e:
+            np.testing.assert_array_equal(g[key], e[key], err_msg=key)
+    assert len({id(g) for g in got}) == 5
+    with pytest.raises(ValueError, match="'insert' is not a sampling method"):
+        a.many(2, "insert", make_batch(0, 1))
+
+
 # -- insert validation -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "field, shape",

@@ -146,16 +146,41 @@ class ReplayBuffer:
         oldest = self.total_inserted - n
         return (oldest + ranks - 1) % self.capacity
 
-    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
-        """A model-training batch; `weights` (B, E) are the bootstrap weights, zero for held-out items."""
-        pos = self.sample_positions(batch_size)
+    def _batch_at(self, pos: np.ndarray) -> dict[str, np.ndarray]:
         out = {name: getattr(self, name)[pos] for name in FIELDS}
         out["weights"] = self.bootstrap[pos] * (~self.holdout[pos])[:, None]
         out["global_index"] = self.global_index[pos]
         return out
 
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A model-training batch; `weights` (B, E) are the bootstrap weights, zero for held-out items."""
+        return self._batch_at(self.sample_positions(batch_size))
+
     def sample_start_states(self, n: int) -> np.ndarray:
         return self.obs[self.sample_positions(n)]
+
+    def many(self, count: int, method: str, *args) -> list:
+        """`count` answers of a sampling method (`sample`, `sample_start_states`, `sample_for`): a learner's
+        next batches in one call.
+
+        The answers are those of `count` calls in a row (one stream of uniforms), drawn at once and gathered
+        once per field where the method draws once per answer; `sample_for` asking for both start states and
+        transitions is answered call by call.
+        """
+        if method not in ("sample", "sample_for", "sample_start_states"):
+            raise ValueError(f"many: {method!r} is not a sampling method")
+        needs = args[0] if method == "sample_for" else None
+        if needs is not None and bool(needs.start_states) == bool(needs.transitions):  # both, or nothing asked
+            return [self.sample_for(needs) for _ in range(count)]
+        if needs is not None:
+            size, key = (needs.start_states, "start_states") if needs.start_states else (needs.transitions, "transitions")
+        else:
+            size, key = args[0], None
+        pos = self.sample_positions(count * size)
+        whole = self.obs[pos] if method == "sample_start_states" or key == "start_states" else self._batch_at(pos)
+        parts = [(whole[i * size:(i + 1) * size] if isinstance(whole, np.ndarray)
+                  else {k: v[i * size:(i + 1) * size] for k, v in whole.items()}) for i in range(count)]
+        return parts if key is None else [{key: part} for part in parts]
 
     def sample_for(self, needs: DataNeeds) -> dict:
         """`{"start_states": (n, obs), "transitions": batch}`, each present if `needs` asks for it."""

@@ -13,12 +13,6 @@ class ReplayActor(DurableReplayBuffer):
 
     It reserves no CPU: it only copies arrays, and the learners and workers it serves
     hold the cores. Given a run directory it logs each accepted chunk before
-    acknowledging it, and a restart rebuilds it from the checkpoint and that log.
+    acknowledging it, and a restart rebuilds it from the checkpoint and that log. A learner's
+    next batches come in one call (`many`).
     """
-
-    def many(self, count: int, method: str, *args) -> list:
-        """`count` answers of a sampling method in one call: a learner's next batches, one round trip."""
-        if method not in ("sample", "sample_for", "sample_start_states"):
-            raise ValueError(f"ReplayActor.many: {method!r} is not a sampling method")
-        fn = getattr(self, method)
-        return [fn(*args) for _ in range(count)]
