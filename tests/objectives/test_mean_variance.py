@@ -314,6 +314,8 @@ def test_q_critic_regresses_on_soft_lambda_returns_at_the_imagined_actions():
     cfg = make_config(seed=0, critic="q", entropy_in_return=True, init_temperature=0.5)
     learner, rng = trained_learner(cfg)
     assert learner.value.action_dim == SPEC.action_dim
+    with pytest.raises(ValueError, match="evaluated at an action"):
+        learner.value(torch.zeros(2, 3))
     before = copy.deepcopy(learner)
     start = rng.standard_normal((16, 3)).astype(np.float32)
     torch.manual_seed(3)

@@ -144,6 +144,8 @@ class ValueFunction(ObservationInput):
         `action` (..., action_dim)."""
         x = self.scale(obs)
         if self.action_dim:
+            if action is None:
+                raise ValueError("a Q function (action_dim > 0) is evaluated at an action: none was given")
             x = torch.cat([x, action.to(x.dtype)], -1)
         if self.members == 1:
             return self._output(self.net(x).squeeze(-1)).unsqueeze(0)
