@@ -221,6 +221,18 @@ def trained_learner(cfg: Config, updates: int = 3) -> tuple[MeanVarianceObjectiv
     return learner, rng
 
 
+def assert_restored_continues_identically(learner: MeanVarianceObjective, cfg: Config, start: np.ndarray) -> None:
+    """A learner built from `cfg` (another seed) and loaded from `learner.state()` takes the same next update."""
+    other = MeanVarianceObjective(cfg, SPEC)
+    other.set_model_weights(learner.model.state_dict(), version=0)
+    other.load_state(learner.state())
+    torch.manual_seed(9)
+    m1 = learner.update({"start_states": start})
+    torch.manual_seed(9)
+    m2 = other.update({"start_states": start})
+    assert m1 == pytest.approx(m2, rel=1e-6, abs=1e-7)
+
+
 def replay_update(before: MeanVarianceObjective, start: np.ndarray, seed: int):
     """The rollout of `before.update` under `torch.manual_seed(seed)`, and the value loss for given bootstrap values."""
     cfg = before.cfg
@@ -256,14 +268,7 @@ def test_value_members_regress_on_the_pessimistic_lambda_returns():
     for old, new in zip(before.value.parameters(), learner.value.parameters()):
         assert all(not torch.equal(o, n) for o, n in zip(old, new))
     # A checkpoint carries the members; a restored learner continues identically.
-    other = MeanVarianceObjective(make_config(seed=5, value_members=3, value_target_min=3), SPEC)
-    other.set_model_weights(learner.model.state_dict(), version=0)
-    other.load_state(learner.state())
-    torch.manual_seed(9)
-    m1 = learner.update({"start_states": start})
-    torch.manual_seed(9)
-    m2 = other.update({"start_states": start})
-    assert m1 == pytest.approx(m2, rel=1e-6, abs=1e-7)
+    assert_restored_continues_identically(learner, make_config(seed=5, value_members=3, value_target_min=3), start)
 
 
 def test_value_bounds_follow_the_imagined_rewards_and_clamp_the_bootstrap():
@@ -343,14 +348,7 @@ def test_q_critic_regresses_on_soft_lambda_returns_at_the_imagined_actions():
     assert metrics["policy/value_loss"] == pytest.approx(loss(v_style + alpha * ro.log_probs), rel=1e-5)
     assert metrics["policy/value_loss"] != pytest.approx(loss(v_style), rel=1e-3)
     # A checkpoint carries the Q function; a restored learner continues identically.
-    other = MeanVarianceObjective(make_config(seed=5, critic="q", entropy_in_return=True), SPEC)
-    other.set_model_weights(learner.model.state_dict(), version=0)
-    other.load_state(learner.state())
-    torch.manual_seed(9)
-    m1 = learner.update({"start_states": start})
-    torch.manual_seed(9)
-    m2 = other.update({"start_states": start})
-    assert m1 == pytest.approx(m2, rel=1e-6, abs=1e-7)
+    assert_restored_continues_identically(learner, make_config(seed=5, critic="q", entropy_in_return=True), start)
 
 
 @pytest.mark.parametrize("critic", ["q", "value"])
