@@ -132,12 +132,13 @@ class MeanVarianceObjective:
         """
         return rollout.rewards
 
-    def _critic_inputs(self, rollout: Rollout) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The actions (H+1, E, B, act) at the rollout's states that the critic is evaluated with (None for a
-        V function), and the log-probabilities (H+1, E, B) of those actions (the soft value's entropy bonus)."""
-        log_probs = torch.cat([rollout.log_probs, rollout.final_log_prob[None]]) if self.q_critic else None
-        actions = torch.cat([rollout.actions, rollout.final_action[None]]) if self.q_critic else None
-        return actions, log_probs
+    def _critic_inputs(self, rollout: Rollout) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The actions (H+1, E, B, act) at the rollout's states that the critic is evaluated with, and their
+        log-probabilities (H+1, E, B) (the soft value's entropy bonus); both None for a V function."""
+        if not self.q_critic:
+            return None, None
+        return (torch.cat([rollout.actions, rollout.final_action[None]]),
+                torch.cat([rollout.log_probs, rollout.final_log_prob[None]]))
 
     def update(self, data: dict) -> dict[str, float]:
         """One update from `data["start_states"]` (the replay's answer to `self.needs`)."""
