@@ -17,13 +17,16 @@ from umpo_dist.data.replay import ReplayBuffer
 torch.set_num_threads(1)
 
 
-def separate_mlps(model: EnsembleDynamics) -> list[nn.Sequential]:
-    """E ordinary MLPs (nn.Linear + SiLU) holding copies of each member's weights."""
+def separate_mlps(model: EnsembleDynamics, layer_norm_eps: list[float] = ()) -> list[nn.Sequential]:
+    """E ordinary MLPs (nn.Linear + SiLU, and nn.LayerNorm with these ε in front of every linear but the
+    first) holding copies of each member's weights."""
     nets = []
     for e in range(model.ensemble_size):
         layers: list[nn.Module] = []
-        for layer in list(model.hidden) + [model.head]:
+        for k, layer in enumerate(list(model.hidden) + [model.head]):
             w = layer.weight[e]  # (in, out)
+            if k > 0 and layer_norm_eps:
+                layers.append(nn.LayerNorm(w.shape[0], eps=layer_norm_eps[k - 1], elementwise_affine=False))
             lin = nn.Linear(w.shape[0], w.shape[1]).to(w.dtype)
             with torch.no_grad():
                 lin.weight.copy_(w.T)
@@ -53,11 +56,14 @@ def test_ensemble_linear_equals_separate_linears():
     assert not torch.allclose(layer.weight[0], layer.weight[1])
 
 
-@pytest.mark.parametrize("shared_input", [True, False])
-def test_ensemble_equals_separate_mlps(shared_input):
+@pytest.mark.parametrize("shared_input,layer_norm", [(True, False), (False, False), (False, True)])
+def test_ensemble_equals_separate_mlps(shared_input, layer_norm):
     torch.manual_seed(1)
     obs_dim, act_dim, E = 3, 2, 4
-    model = EnsembleDynamics(obs_dim, act_dim, ensemble_size=E, hidden_layers=3, hidden_size=16).double()
+    model = EnsembleDynamics(obs_dim, act_dim, ensemble_size=E, hidden_layers=3, hidden_size=16,
+                             layer_norm=layer_norm).double()
+    eps = [1.0, 0.1, 0.01] if layer_norm else []
+    assert model.norm_eps == pytest.approx(eps)
     with torch.no_grad():
         for layer in list(model.hidden) + [model.head]:
             layer.bias.normal_(std=0.1)
@@ -70,7 +76,7 @@ def test_ensemble_equals_separate_mlps(shared_input):
     mean, logvar, term = model(obs, act)
     pred = model.predict(obs, act)
     D = obs_dim + 1
-    nets = separate_mlps(model)
+    nets = separate_mlps(model, eps)
     means = []
     for e, net in enumerate(nets):
         o, a = (obs, act) if shared_input else (obs[e], act[e])
@@ -105,6 +111,25 @@ def make_model_batch(B: int, obs_dim: int, act_dim: int, gen: torch.Generator) -
 
 def member_grads(model: EnsembleDynamics, e: int) -> list[torch.Tensor]:
     return [t.grad[e].clone() for layer in list(model.hidden) + [model.head] for t in (layer.weight, layer.bias)]
+
+
+def test_layer_norm_travels_with_the_weights():
+    plain = EnsembleDynamics(3, 2, 2, hidden_layers=2, hidden_size=8)
+    normed = EnsembleDynamics(3, 2, 2, hidden_layers=2, hidden_size=8, layer_norm=True)
+    obs, act = torch.randn(5, 3), torch.randn(5, 2)
+    assert not torch.allclose(plain(obs, act)[0], normed(obs, act)[0])  # the option changes the function
+    copy = EnsembleDynamics(3, 2, 2, hidden_layers=2, hidden_size=8, layer_norm=True)
+    copy.load_state_dict(normed.state_dict())
+    torch.testing.assert_close(copy(obs, act)[0], normed(obs, act)[0])
+    with pytest.raises(ValueError, match="trained with model.layer_norm; this model is built without"):
+        plain.load_state_dict(normed.state_dict())
+    with pytest.raises(ValueError, match="trained without model.layer_norm; this model is built with it"):
+        normed.load_state_dict(plain.state_dict())
+    # weights saved before the option existed are plain ones
+    old = {k: v for k, v in plain.state_dict().items() if k != "layer_norm_eps"}
+    EnsembleDynamics(3, 2, 2, hidden_layers=2, hidden_size=8).load_state_dict(old)
+    with pytest.raises(ValueError, match="trained without model.layer_norm"):
+        normed.load_state_dict(old)
 
 
 def test_zero_bootstrap_weight_removes_a_sample_from_that_members_loss():

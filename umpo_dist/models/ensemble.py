@@ -43,13 +43,22 @@ class EnsembleLinear(nn.Module):
 class EnsembleDynamics(nn.Module):
     """`E` Gaussian MLPs over `(obs, action) → (Δobs, reward)` plus a termination logit."""
 
-    def __init__(self, obs_dim: int, action_dim: int, ensemble_size: int = 7, hidden_layers: int = 4, hidden_size: int = 200):
+    def __init__(self, obs_dim: int, action_dim: int, ensemble_size: int = 7, hidden_layers: int = 4, hidden_size: int = 200,
+                 layer_norm: bool = False):
+        """`layer_norm`: every layer after the first sees its input layer-normalised (no learned scale or shift,
+        so it adds no weights), with an ε that starts at 1 (a soft normalisation) and falls tenfold per layer
+        to 1e-5 — a regulariser of deep ensembles (DHMBPO's models use this schedule)."""
         super().__init__()
         self.obs_dim, self.action_dim, self.ensemble_size = obs_dim, action_dim, ensemble_size
         self.target_dim = obs_dim + 1  # Δobs and reward
         sizes = [obs_dim + action_dim] + [hidden_size] * hidden_layers
         self.hidden = nn.ModuleList(EnsembleLinear(ensemble_size, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.head = EnsembleLinear(ensemble_size, hidden_size, 2 * self.target_dim + 1)
+        # ε of the normalisation in front of hidden layer 1, 2, … and the head (hidden layer 0 sees the
+        # normalised inputs); empty: none
+        self.norm_eps = [max(10.0 ** -k, 1e-5) for k in range(hidden_layers)] if layer_norm else []
+        # ... also kept with the weights, so that weights never meet a network normalised otherwise
+        self.register_buffer("layer_norm_eps", torch.tensor(self.norm_eps, dtype=torch.float64))
         # Learned soft bounds on the log-variance (Chua et al., PETS), in normalised target units.
         self.max_logvar = nn.Parameter(torch.full((1, 1, self.target_dim), 0.5))
         self.min_logvar = nn.Parameter(torch.full((1, 1, self.target_dim), -10.0))
@@ -61,14 +70,26 @@ class EnsembleDynamics(nn.Module):
         self.termination_rule = None
         self.soft_termination = False
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "layer_norm_eps"
+        saved = state_dict.setdefault(key, torch.zeros(0, dtype=torch.float64))  # weights from before the option
+        if saved.numel() != len(self.norm_eps):
+            raise ValueError(f"these dynamics-model weights were trained {'with' if saved.numel() else 'without'} "
+                             f"model.layer_norm; this model is built {'with' if self.norm_eps else 'without'} it")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, obs: torch.Tensor, action: torch.Tensor):
         """Normalised-space outputs. `obs`, `action`: (E, B, ·) or (B, ·), broadcast to every member."""
         x = self.input_norm.normalize(torch.cat([obs, action], -1))
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)
-        for layer in self.hidden:
-            x = F.silu(layer(x))
-        out = self.head(x)
+        for k, layer in enumerate([*self.hidden, self.head]):
+            if k > 0:
+                x = F.silu(x)
+                if self.norm_eps:
+                    x = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps[k - 1])
+            x = layer(x)
+        out = x
         mean, raw_logvar, term_logit = out.split([self.target_dim, self.target_dim, 1], -1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
@@ -153,7 +174,8 @@ class EnsembleDynamics(nn.Module):
 
 def build_ensemble(spec, cfg) -> EnsembleDynamics:
     """The dynamics model for an environment (`EnvSpec`) and a `ModelConfig` (its termination rule included)."""
-    model = EnsembleDynamics(spec.obs_dim, spec.action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size)
+    model = EnsembleDynamics(spec.obs_dim, spec.action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size,
+                             cfg.layer_norm)
     if cfg.termination != "learned":
         model.termination_rule = known_termination(spec.env_id)
         model.soft_termination = cfg.termination == "known_soft"

@@ -22,7 +22,8 @@ class ModelLearner:
         torch.manual_seed(seed)
         self.cfg = cfg
         self.device = torch.device(device)
-        self.model = EnsembleDynamics(obs_dim, action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size)
+        self.model = EnsembleDynamics(obs_dim, action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size,
+                                       cfg.layer_norm)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.updates = 0
