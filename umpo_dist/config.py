@@ -117,6 +117,9 @@ class PolicyConfig:
     # action, so the tail's gradient reaches the policy through that action too (DHMBPO's critic), trained on
     # the imagined (s_t, a_t) with the same λ-returns (soft values: the entropy bonus of a_t is not in Q's target).
     critic: str = choice("value", "value", "q")
+    # The critic's linear layers after the first see their inputs layer-normalised (ε 1e-5, no learned scale
+    # or shift; DHMBPO's and DroQ's critics): a regulariser of value functions trained on moving targets.
+    value_layer_norm: bool = False
 
 
 @dataclass

@@ -121,14 +121,14 @@ def test_layer_norm_travels_with_the_weights():
     copy = EnsembleDynamics(3, 2, 2, hidden_layers=2, hidden_size=8, layer_norm=True)
     copy.load_state_dict(normed.state_dict())
     torch.testing.assert_close(copy(obs, act)[0], normed(obs, act)[0])
-    with pytest.raises(ValueError, match="trained with model.layer_norm; this model is built without"):
+    with pytest.raises(ValueError, match="trained with layer normalisation; this network is built without"):
         plain.load_state_dict(normed.state_dict())
-    with pytest.raises(ValueError, match="trained without model.layer_norm; this model is built with it"):
+    with pytest.raises(ValueError, match="trained without layer normalisation; this network is built with it"):
         normed.load_state_dict(plain.state_dict())
     # weights saved before the option existed are plain ones
     old = {k: v for k, v in plain.state_dict().items() if k != "layer_norm_eps"}
     EnsembleDynamics(3, 2, 2, hidden_layers=2, hidden_size=8).load_state_dict(old)
-    with pytest.raises(ValueError, match="trained without model.layer_norm"):
+    with pytest.raises(ValueError, match="trained without layer normalisation"):
         normed.load_state_dict(old)
 
 

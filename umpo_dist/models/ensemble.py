@@ -25,6 +25,15 @@ def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor)
     return (((mean - target) ** 2) * torch.exp(-logvar) + logvar).sum(-1)
 
 
+def check_layer_norm(state_dict: dict, key: str, built_with: torch.Tensor, what: str) -> None:
+    """Weights meet a network normalised as they were trained: `key` holds the ε of the layer normalisations
+    they were trained with (absent in weights from before the option: none); a difference is an error."""
+    saved = state_dict.setdefault(key, torch.zeros(0, dtype=torch.float64))
+    if saved.numel() != built_with.numel():
+        raise ValueError(f"these {what} weights were trained {'with' if saved.numel() else 'without'} layer "
+                         f"normalisation; this network is built {'with' if built_with.numel() else 'without'} it")
+
+
 class EnsembleLinear(nn.Module):
     """`E` independent linear layers as one `(E, in, out)` weight and one batched matmul."""
 
@@ -71,11 +80,7 @@ class EnsembleDynamics(nn.Module):
         self.soft_termination = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "layer_norm_eps"
-        saved = state_dict.setdefault(key, torch.zeros(0, dtype=torch.float64))  # weights from before the option
-        if saved.numel() != len(self.norm_eps):
-            raise ValueError(f"these dynamics-model weights were trained {'with' if saved.numel() else 'without'} "
-                             f"model.layer_norm; this model is built {'with' if self.norm_eps else 'without'} it")
+        check_layer_norm(state_dict, prefix + "layer_norm_eps", self.layer_norm_eps, "dynamics-model (model.layer_norm)")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor):

@@ -9,17 +9,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from umpo_dist.models.ensemble import EnsembleLinear
+from umpo_dist.models.ensemble import EnsembleLinear, check_layer_norm
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
-def mlp(in_size: int, out_size: int, hidden_layers: int, hidden_size: int) -> nn.Sequential:
+def mlp(in_size: int, out_size: int, hidden_layers: int, hidden_size: int, layer_norm_eps: float = 0.0) -> nn.Sequential:
+    """Linear and SiLU layers; with `layer_norm_eps` > 0 every linear layer after the first sees its input
+    layer-normalised (no learned scale or shift)."""
     layers: list[nn.Module] = []
     size = in_size
-    for _ in range(hidden_layers):
+    for k in range(hidden_layers):
+        if k and layer_norm_eps:
+            layers.append(nn.LayerNorm(size, eps=layer_norm_eps, elementwise_affine=False))
         layers += [nn.Linear(size, hidden_size), nn.SiLU()]
         size = hidden_size
+    if hidden_layers and layer_norm_eps:
+        layers.append(nn.LayerNorm(size, eps=layer_norm_eps, elementwise_affine=False))
     layers.append(nn.Linear(size, out_size))
     return nn.Sequential(*layers)
 
@@ -113,11 +119,13 @@ class ValueFunction(ObservationInput):
     """
 
     def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128, members: int = 1,
-                 action_dim: int = 0):
+                 action_dim: int = 0, layer_norm: bool = False):
         super().__init__()
         self.members, self.action_dim = members, action_dim
+        self.norm_eps = 1e-5 if layer_norm else 0.0
+        self.register_buffer("layer_norm_eps", torch.tensor([self.norm_eps] if layer_norm else [], dtype=torch.float64))
         if members == 1:
-            self.net = mlp(obs_dim + action_dim, 1, hidden_layers, hidden_size)
+            self.net = mlp(obs_dim + action_dim, 1, hidden_layers, hidden_size, self.norm_eps)
         else:
             sizes = [obs_dim + action_dim] + [hidden_size] * hidden_layers + [1]
             self.layers = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
@@ -136,6 +144,7 @@ class ValueFunction(ObservationInput):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "low", torch.tensor(-1.0))  # weights saved before the bounds: identity
         state_dict.setdefault(prefix + "high", torch.tensor(1.0))
+        check_layer_norm(state_dict, prefix + "layer_norm_eps", self.layer_norm_eps, "value-function (policy.value_layer_norm)")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def members_values(self, obs: torch.Tensor, action: torch.Tensor | None = None,
@@ -153,6 +162,8 @@ class ValueFunction(ObservationInput):
         n = self.members if index is None else len(index)
         x = x.reshape(1, -1, x.shape[-1]).expand(n, -1, -1)
         for i, layer in enumerate(self.layers):
+            if i and self.norm_eps:
+                x = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps)
             weight, bias = (layer.weight, layer.bias) if index is None else (layer.weight[index], layer.bias[index])
             x = torch.baddbmm(bias, x, weight)
             if i < len(self.layers) - 1:

@@ -60,7 +60,8 @@ class MeanVarianceObjective:
         action_dim = self.policy.action_dim
         self.q_critic = cfg.policy.critic == "q"
         self.value = ValueFunction(spec.obs_dim, cfg.policy.hidden_layers, cfg.policy.hidden_size,
-                                   cfg.policy.value_members, action_dim if self.q_critic else 0).to(self.device)
+                                   cfg.policy.value_members, action_dim if self.q_critic else 0,
+                                   cfg.policy.value_layer_norm).to(self.device)
         self.target_value = copy.deepcopy(self.value).requires_grad_(False)
         # Model states for the double horizon's start states (not checkpointed: refilled after a resume).
         self.model_starts = (ModelTransitions(cfg.policy.model_start_buffer, spec.obs_dim, action_dim, self.device)
