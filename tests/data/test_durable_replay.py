@@ -166,6 +166,25 @@ def test_chunks_are_accepted_only_in_order(tmp_path):
     assert buf.insert_chunk(make_chunk(3, 4), "w", 2) == 12
 
 
+def test_chunks_sent_together_are_one_record_and_a_partial_resend_stores_only_the_new_ones(tmp_path):
+    buf = make_buffer(tmp_path)
+    assert buf.insert_chunks([make_chunk(k, 3 + k) for k in range(3)], "w", 0) == 3 + 4 + 5
+    assert buf.streams == {"w": 2} and logged_chunks(tmp_path) == [(0, 12)]  # one record for the group
+    np.testing.assert_array_equal(buf.reward[:12], np.concatenate([make_chunk(k, 3 + k)["reward"] for k in range(3)]))
+    # The answer was lost; the sender regroups: chunks 1 and 2 again with a new chunk 3.
+    assert buf.insert_chunks([make_chunk(k, 3 + k) for k in (1, 2, 3)], "w", 1) == 12 + 6
+    assert buf.streams == {"w": 3} and logged_chunks(tmp_path) == [(0, 12), (12, 6)]
+    np.testing.assert_array_equal(buf.reward[12:18], make_chunk(3, 6)["reward"])
+    assert buf.insert_chunks([make_chunk(1, 4), make_chunk(2, 5)], "w", 1) == 18  # all old: stored nothing
+    with pytest.raises(ChunkOutOfOrder) as err:
+        buf.insert_chunks([make_chunk(5, 2), make_chunk(6, 2)], "w", 5)
+    assert err.value.expected == 4 and buf.total_inserted == 18
+    # A rebuild from the log knows the stream's last seq of each group.
+    rebuilt = make_buffer(tmp_path, seed=7)
+    assert_same_contents(buf, rebuilt)
+    assert rebuilt.insert_chunks([make_chunk(3, 6), make_chunk(4, 1)], "w", 3) == 19
+
+
 @pytest.mark.parametrize("sync_every_ms", [0.0, 60_000.0])
 def test_group_commit(tmp_path, sync_every_ms):
     """Every record is written before its acknowledgement; fsyncs are one per record only when asked."""

@@ -42,13 +42,24 @@ def test_pipelined_inserts_survive_a_replay_kill_exactly_once(local_ray, tmp_pat
         sender.send(chunk(k, m))
         if k in (12, 27):  # killed with chunks in flight; Ray restarts it, it rebuilds from its log
             ray.kill(replay, no_restart=False)
-        assert len(sender.pending) <= window
+        assert sender.calls_in_flight <= window and sender.queued < window
         assert sender.acknowledged + sender.in_flight == sum(sizes[:k + 1])
     sender.flush()
     assert sender.acknowledged == sum(sizes) and sender.total == sum(sizes)
     expected = np.concatenate([chunk(k, m)["reward"] for k, m in enumerate(sizes)])
     np.testing.assert_array_equal(rewards(replay), expected)  # every chunk once, in the order sent
     assert ray.get(replay.stats.remote())["total_inserted"] == sum(sizes)
+
+
+def test_chunks_queued_behind_a_full_window_go_together_in_one_call(local_ray, tmp_path):
+    replay = make_replay(str(tmp_path))
+    sender = ChunkSender(replay, "w", window=2)
+    for k in range(10):
+        sender.send(chunk(k, 3))
+    sender.flush()
+    # chunks 0 and 1 fill the window; from then on each call carries the two chunks queued behind it
+    assert sender.calls == 2 + 4 and sender.acknowledged == 30 and sender.total == 30
+    np.testing.assert_array_equal(rewards(replay), np.concatenate([chunk(k, 3)["reward"] for k in range(10)]))
 
 
 def test_out_of_order_chunk_is_refused_through_ray_with_the_seq_to_resend(local_ray, tmp_path):
@@ -61,7 +72,7 @@ def test_out_of_order_chunk_is_refused_through_ray_with_the_seq_to_resend(local_
     sender = ChunkSender(replay, "s", window=4)
     sender.next_seq = 2
     # Its attempt at chunk 1 was lost; the attempt at 2 was refused (and so answers for 1's place).
-    sender.pending[1] = [chunk(1, 3), replay.insert_chunk.remote(chunk(2, 3), "s", 2)]
+    sender.pending[1] = [chunk(1, 3), replay.insert_chunk.remote(chunk(2, 3), "s", 2), 1]
     sender.send(chunk(2, 3))
     sender.flush()
     np.testing.assert_array_equal(rewards(replay), np.concatenate([chunk(k, 3)["reward"] for k in range(3)]))

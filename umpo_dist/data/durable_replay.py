@@ -12,7 +12,8 @@ accepted only in order, from seq 0. A resend of an accepted chunk is acknowledge
 without storing it again; a chunk that arrives after a gap (an earlier one was lost
 while the replay restarted, later ones already in flight) is refused with
 `ChunkOutOfOrder`, which names the seq to resend from. So a sender may keep several
-inserts in flight (`runtime/ray/chunk_sender.py`).
+inserts in flight, and send the chunks queued behind them together (`insert_chunks`: one
+call, one log record, one insert; `runtime/ray/chunk_sender.py`).
 
 Bounded: it keeps the newest seq of the `MAX_STREAMS` most recently active streams
 only. Without checkpoints to compact it (`checkpoint_every: 0`) the log would grow
@@ -97,17 +98,26 @@ class DurableReplayBuffer(ReplayBuffer):
 
         Raises `ChunkOutOfOrder` for a chunk after a gap in its stream.
         """
+        return self.insert_chunks([batch], stream, seq)
+
+    def insert_chunks(self, batches: list[dict[str, np.ndarray]], stream: str, first_seq: int) -> int:
+        """Chunks `first_seq`, `first_seq + 1`, … of a stream in one call (a sender's queue): those already
+        accepted are acknowledged again, the others logged as one record and stored together. Returns the
+        acknowledged total; raises `ChunkOutOfOrder` if they start after a gap in the stream."""
         expected = self.streams.get(stream, -1) + 1
-        if seq < expected:
-            return self.total_inserted  # a resend of a chunk already accepted
-        if seq > expected:
-            raise ChunkOutOfOrder(stream, seq, expected)
+        new = batches[max(0, expected - first_seq):]
+        if not new:
+            return self.total_inserted  # a resend of chunks already accepted
+        if first_seq > expected:
+            raise ChunkOutOfOrder(stream, first_seq, expected)
+        last = first_seq + len(batches) - 1
+        batch = new[0] if len(new) == 1 else {k: np.concatenate([b[k] for b in new]) for k in new[0]}
         full = self.with_insert_draws(batch)
         m = len(full["reward"])
-        if self.log is not None:
-            self.log.append(self.total_inserted, stream, seq, full, json.dumps(self.rng.bit_generator.state))
+        if self.log is not None:  # one record for the group, under its last seq (a recovery accepts up to it)
+            self.log.append(self.total_inserted, stream, last, full, json.dumps(self.rng.bit_generator.state))
         self.insert(full)
-        self._accepted(stream, seq)
+        self._accepted(stream, last)
         if self.log is not None:
             self.logged += m
             if self.logged > self.capacity:

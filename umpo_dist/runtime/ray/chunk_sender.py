@@ -1,7 +1,9 @@
 """Sending a stream of chunks to the replay actor: exactly once, in order, several in flight.
 
-Each chunk gets the next seq of the sender's stream; up to `window` inserts are in
-flight at once and `send` waits only when one more would exceed it. The replay
+Each chunk gets the next seq of the sender's stream; up to `window` insert calls are in
+flight at once, and the chunks sent meanwhile queue and go together in the next call
+(one message, one log record: a sender that outruns the replay pays one round trip per
+group, not per chunk); `send` waits only when `window` chunks are queued. The replay
 accepts a stream's chunks only in order (`data/durable_replay.py`), so after any
 failure — the replay actor died and Ray is restarting it, or a chunk arrived after a
 lost one (`ChunkOutOfOrder`) — the sender resends every unacknowledged chunk from the
@@ -25,42 +27,72 @@ log = logging.getLogger(__name__)
 
 
 class ChunkSender:
-    def __init__(self, replay, stream: str, window: int = 1, timeout_s: float = 600.0):
-        if window < 1:
-            raise ValueError(f"window must be at least 1, got {window}")
+    def __init__(self, replay, stream: str, window: int = 1, timeout_s: float = 600.0, max_group: int = 32):
+        """`window`: insert calls in flight at most; chunks sent while it is full wait in a queue and go
+        together in the next call (up to `max_group` chunks per call); `send` blocks while `window` chunks
+        wait."""
+        if window < 1 or max_group < 1:
+            raise ValueError(f"window and max_group must be at least 1, got {window} and {max_group}")
         self.replay, self.stream, self.window, self.timeout_s = replay, stream, window, timeout_s
+        self.max_group = max_group
         self.next_seq = 0
-        self.pending: OrderedDict[int, list] = OrderedDict()  # seq -> [batch, ref of its latest attempt]
+        # seq -> [batch, ref of the call that carries it (None: queued), last seq of that call]
+        self.pending: OrderedDict[int, list] = OrderedDict()
         self.total: int | None = None  # the replay's acknowledged total in the newest acknowledgement
         self.acknowledged = 0  # transitions of this stream acknowledged so far
         self.resends = 0
+        self.calls = 0  # insert calls made (a call carries one or more chunks)
 
     @property
     def in_flight(self) -> int:
-        """Transitions sent and not yet acknowledged."""
-        return sum(len(batch["reward"]) for batch, _ in self.pending.values())
+        """Transitions sent or queued and not yet acknowledged."""
+        return sum(len(batch["reward"]) for batch, _, _ in self.pending.values())
+
+    @property
+    def calls_in_flight(self) -> int:
+        return len({id(ref) for _, ref, _ in self.pending.values() if ref is not None})
+
+    @property
+    def queued(self) -> int:
+        """Chunks waiting for a call."""
+        return sum(ref is None for _, ref, _ in self.pending.values())
 
     def send(self, batch: dict) -> None:
-        """Send a chunk; returns once at most `window` chunks are unacknowledged."""
-        seq = self.next_seq
+        """Send a chunk, or queue it behind `window` calls in flight; returns once fewer than `window` wait."""
+        self.pending[self.next_seq] = [batch, None, self.next_seq]
         self.next_seq += 1
-        self.pending[seq] = [batch, self._insert(batch, seq)]
-        while len(self.pending) > self.window:
+        self._pump()
+        while self.queued >= self.window:
             self._settle_oldest()
+            self._pump()
 
     def flush(self) -> None:
         """Wait until every chunk sent is acknowledged."""
         while self.pending:
+            self._pump()
             self._settle_oldest()
 
-    def _insert(self, batch: dict, seq: int):
-        return self.replay.insert_chunk.remote(batch, self.stream, seq)
+    def _pump(self) -> None:
+        """The queued chunks in one call, if a call may start."""
+        if self.calls_in_flight < self.window:
+            self._call([seq for seq, (_, ref, _) in self.pending.items() if ref is None][: self.max_group])
+
+    def _call(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        ref = self.replay.insert_chunks.remote([self.pending[q][0] for q in seqs], self.stream, seqs[0])
+        self.calls += 1
+        for q in seqs:
+            self.pending[q][1:] = [ref, seqs[-1]]
 
     def _settle_oldest(self) -> None:
         deadline = time.monotonic() + self.timeout_s
         delay = 0.1
         while self.pending:
-            seq, (batch, ref) = next(iter(self.pending.items()))
+            seq, (batch, ref, last) = next(iter(self.pending.items()))
+            if ref is None:
+                self._pump()
+                continue
             try:
                 total = ray.get(ref)
             except ChunkOutOfOrder as exc:  # an earlier chunk was lost: the replay holds everything before it
@@ -80,13 +112,13 @@ class ChunkSender:
                 delay = min(2.0, delay * 2)
                 self._resend()
                 continue
-            self._acknowledge_below(seq + 1)
+            self._acknowledge_below(last + 1)
             self.total = total if self.total is None else max(self.total, total)
             return
 
     def _acknowledge_below(self, seq: int) -> None:
         while self.pending and next(iter(self.pending)) < seq:
-            batch, _ = self.pending.popitem(last=False)[1]
+            batch = self.pending.popitem(last=False)[1][0]
             self.acknowledged += len(batch["reward"])
 
     def _renumber(self, expected: int) -> None:
@@ -99,7 +131,9 @@ class ChunkSender:
         self.next_seq = expected + len(self.pending)
 
     def _resend(self) -> None:
-        """Every unacknowledged chunk again, in order; earlier attempts' answers are no longer awaited."""
-        for seq, entry in self.pending.items():
-            entry[1] = self._insert(entry[0], seq)
-            self.resends += 1
+        """Every unacknowledged chunk again, in order, `max_group` per call; earlier attempts' answers are no
+        longer awaited."""
+        seqs = list(self.pending)
+        for k in range(0, len(seqs), self.max_group):
+            self._call(seqs[k:k + self.max_group])
+            self.resends += len(seqs[k:k + self.max_group])
