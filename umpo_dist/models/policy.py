@@ -19,13 +19,11 @@ def mlp(in_size: int, out_size: int, hidden_layers: int, hidden_size: int, layer
     layer-normalised (no learned scale or shift)."""
     layers: list[nn.Module] = []
     size = in_size
-    for k in range(hidden_layers):
-        if k and layer_norm_eps:
-            layers.append(nn.LayerNorm(size, eps=layer_norm_eps, elementwise_affine=False))
+    for _ in range(hidden_layers):
         layers += [nn.Linear(size, hidden_size), nn.SiLU()]
+        if layer_norm_eps:  # in front of the next linear layer
+            layers.append(nn.LayerNorm(hidden_size, eps=layer_norm_eps, elementwise_affine=False))
         size = hidden_size
-    if hidden_layers and layer_norm_eps:
-        layers.append(nn.LayerNorm(size, eps=layer_norm_eps, elementwise_affine=False))
     layers.append(nn.Linear(size, out_size))
     return nn.Sequential(*layers)
 
