@@ -1,9 +1,9 @@
 """Env collection throughput: Ray env-worker actors against a bare Gymnasium loop on the same env.
 
 Measures aggregate env steps per second of 1 and 2 `EnvWorker` actors (design §2: each
-steps its environments synchronously, acts with the policy it fetched from the weight
-store, and pushes chunks to a real `ReplayActor`, waiting for the acknowledgement), and
-sets them against, in the same command:
+runs its own loop, asks a real `ReplayActor` for every chunk, steps its environments
+synchronously, acts with the policy it fetched from the weight store, and sends the
+chunk with a few inserts in flight), and sets them against, in the same command:
 
 - a bare single-process Gymnasium loop (`env.step` with random actions, no policy, no
   bookkeeping): the baseline every ratio is taken against;
@@ -19,14 +19,19 @@ the end; so are the in-process collector variants; ratios use the mean of the tw
 spread between them (column before/after) says how noisy the machine was.
 
     PYTHONPATH=. .venv/bin/python benchmarks/collection.py [--env HalfCheetah-v5] [--chunk-size 100] \
-        [--envs-per-worker 1 4] [--workers 1 2] [--seconds 6]
+        [--envs-per-worker 1 8] [--workers 1 2] [--seconds 6] [--no-csv]
+
+Appends its per-core figures to `benchmarks/results/runtime.csv` (the issue's target:
+one worker with 8 envs at ≥ 0.8 of the bare loop per core, policy inference included).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -91,11 +96,14 @@ def policy_act_us(policy, obs_dim: int, n: int, calls: int = 2000) -> float:
 
 
 def ray_workers(cfg, spec, replay, store, workers: int, chunk: int, seconds: float) -> dict:
-    """Aggregate steps/s of `workers` EnvWorker actors, each kept busy with one `collect` call at a time."""
+    """Aggregate steps/s of `workers` EnvWorker actors, each in its own loop (one `run` call after another).
+
+    The replay's admission is told learners far ahead, so only the workers' speed bounds what they collect."""
     import ray
 
     from umpo_dist.runtime.ray.env_worker import EnvWorker
 
+    ray.get(replay.admit.remote(10**12, 10**12, 10**12))
     t0 = time.perf_counter()
     actors = [EnvWorker.options(num_cpus=cfg.resources.worker_cpus).remote(cfg, spec, i, replay, store)
               for i in range(workers)]
@@ -103,8 +111,8 @@ def ray_workers(cfg, spec, replay, store, workers: int, chunk: int, seconds: flo
     # poll of the weight store is still in flight on the first call).
     for a in actors:
         for attempt in range(50):
-            r = ray.get(a.collect.remote(chunk, False))
-            if r["policy_version"] >= 0 and attempt >= 1:
+            r = ray.get(a.run.remote(chunk, 0.2))
+            if min(r["policy_versions"], default=-1) >= 0 and attempt >= 1:
                 break
         else:
             raise RuntimeError("an env worker never picked up the published policy")
@@ -113,11 +121,12 @@ def ray_workers(cfg, spec, replay, store, workers: int, chunk: int, seconds: flo
     inflight = {}
     steps = 0
     calls = 0
+    chunks = 0
     versions = set()
     start = time.perf_counter()
     deadline = start + seconds
     for i, a in enumerate(actors):
-        inflight[a.collect.remote(chunk, False)] = i
+        inflight[a.run.remote(chunk, min(seconds, 1.0))] = i
     while inflight:
         ready, _ = ray.wait(list(inflight), num_returns=1)
         for ref in ready:
@@ -125,14 +134,17 @@ def ray_workers(cfg, spec, replay, store, workers: int, chunk: int, seconds: flo
             r = ray.get(ref)
             steps += r["steps"]
             calls += 1
-            versions.add(r["policy_version"])
-            if time.perf_counter() < deadline:
-                inflight[actors[i].collect.remote(chunk, False)] = i
+            chunks += len(r["policy_versions"])
+            versions.update(r["policy_versions"])
+            left = deadline - time.perf_counter()
+            if left > 0.05:
+                inflight[actors[i].run.remote(chunk, min(left, 1.0))] = i
     elapsed = time.perf_counter() - start
     for a in actors:
         ray.kill(a)
-    return {"rate": steps / elapsed, "calls": calls, "steps": steps, "elapsed": elapsed,
-            "ms_per_call": 1e3 * elapsed * workers / calls, "versions": sorted(versions), "startup_s": startup_s}
+    return {"rate": steps / elapsed, "calls": calls, "chunks": chunks, "steps": steps, "elapsed": elapsed,
+            "ms_per_chunk": 1e3 * elapsed * workers / max(chunks, 1), "versions": sorted(versions),
+            "startup_s": startup_s}
 
 
 def main() -> None:
@@ -144,6 +156,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0, help="timed seconds per measurement")
     p.add_argument("--num-cpus", type=int, default=None, help="ray.init num_cpus (default: max(2, workers))")
     p.add_argument("--capacity", type=int, default=1_000_000, help="replay actor capacity")
+    p.add_argument("--no-csv", action="store_true", help="print only (default: append rows to runtime.csv)")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -170,6 +183,8 @@ def main() -> None:
 
     import ray
 
+    from umpo_dist.config import TrainConfig
+    from umpo_dist.runtime.admission import Admission
     from umpo_dist.runtime.ray.replay_actor import ReplayActor
     from umpo_dist.runtime.ray.weights import WeightStoreActor, publish
 
@@ -177,7 +192,8 @@ def main() -> None:
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     store = WeightStoreActor.remote()
     replay = ReplayActor.remote(spec.obs_dim, spec.action_dim, args.capacity, cfg.model.ensemble_size,
-                                cfg.replay.sampling, cfg.model.holdout_fraction, 0, run_dir=None)
+                                cfg.replay.sampling, cfg.model.holdout_fraction, 0, run_dir=None,
+                                admission=Admission(TrainConfig(total_env_steps=10**12, random_steps=0), 10**6))
     publish(store, "policy", 1, policy.state_dict())
     distributed: dict[tuple[int, int], dict] = {}
     for n in args.envs_per_worker:
@@ -186,7 +202,8 @@ def main() -> None:
         for w in args.workers:
             distributed[(w, n)] = res = ray_workers(wcfg, spec, replay, store, w, args.chunk_size, args.seconds)
             print(f"Ray {w} worker(s) x {n} env(s): {res['rate']:,.0f} steps/s aggregate "
-                  f"({res['calls']} calls, {res['ms_per_call']:.1f} ms/call/worker, policy versions {res['versions']}, "
+                  f"({res['calls']} calls, {res['chunks']} chunks, {res['ms_per_chunk']:.1f} ms/chunk/worker, "
+                  f"policy versions {res['versions']}, "
                   f"actor start + warm-up {res['startup_s']:.1f} s)", flush=True)
     replay_total = ray.get(replay.stats.remote())["total_inserted"]
     ray.shutdown()
@@ -228,6 +245,24 @@ def main() -> None:
     print()
     print("per-core eff. = steps/s / (workers x bare); vs in-proc = steps/s / (workers x in-process EnvCollector "
           "with the policy and the same envs)")
+    if not args.no_csv:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from distributed_vs_inline import COLUMNS, RESULTS, ROOT, append_rows, git_commit
+
+        bench = f"collection ({args.env}, chunks of {args.chunk_size}, {os.cpu_count()} cores)"
+        rows = []
+        for n in args.envs_per_worker:
+            rate = inproc[("policy", n)]
+            rows.append({"benchmark": bench, "figure": f"steps/s, in-process EnvCollector {n} env(s) with the policy "
+                         "vs the bare loop", "value": f"{rate:.0f}", "baseline": f"{bare:.0f}", "ratio": f"{rate / bare:.3f}"})
+            for w in args.workers:
+                rate = distributed[(w, n)]["rate"]
+                rows.append({"benchmark": bench, "figure": f"steps/s per core, Ray {w} worker(s) x {n} env(s) with the "
+                             "policy vs the bare loop", "value": f"{rate / w:.0f}", "baseline": f"{bare:.0f}",
+                             "ratio": f"{rate / (w * bare):.3f}"})
+        commit = git_commit()
+        append_rows([{**row, "commit": commit} for row in rows], RESULTS, COLUMNS)
+        print(f"{len(rows)} rows appended to {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ watches the driver from a callback (called once per scheduling round).
 """
 
 import pytest
+import ray
 from mlflow.tracking import MlflowClient
 
 import umpo_dist.ops.train as train_mod
@@ -24,7 +25,7 @@ class CallLog:
     """A callback that, from the first round on, records every call the driver puts in flight.
 
     It swaps `driver._inflight` for a dict that notes each new entry with the schedule's state
-    at that moment: (call, env steps, env steps already asked of workers, stop requested).
+    at that moment: (call, env steps, stop requested).
     """
 
     def __init__(self):
@@ -40,8 +41,7 @@ class CallLog:
         class Recording(dict):
             def __setitem__(self, ref, call):
                 s = driver.schedule
-                in_flight = sum(c.steps for c in self.values())
-                calls.append((call, s.env_steps, in_flight, s.stop_requested))
+                calls.append((call, s.env_steps, s.stop_requested))
                 super().__setitem__(ref, call)
 
         driver._inflight = Recording(driver._inflight)
@@ -50,8 +50,34 @@ class CallLog:
         return [entry for entry in self.calls if entry[0].kind == "worker"]
 
 
-def test_worker_calls_after_the_random_phase_are_never_below_the_minimum_chunk(local_ray, workdir):
-    """After the random steps, a worker call takes at least min(chunk // 4, budget left, tolerance) steps.
+def record_grants(replay):
+    """Make the replay actor's admission note every grant it answers: (env steps the ratios allowed,
+    budget left, steps granted, random); returns a function that reads the notes so far."""
+    def install(actor):
+        a = actor.admission
+        notes = actor.grant_notes = []
+        real = a.grant
+
+        def grant(stream, inserted, want):
+            s = a.schedule
+            planned = inserted + a.reserved_steps()
+            s.env_steps = inserted
+            allowed = min(s.model_limiter.env_steps_allowed(planned, s.model_updates),
+                          s.policy_limiter.env_steps_allowed(planned, s.policy_updates))
+            answer = real(stream, inserted, want)
+            if a.limit is not None and not answer.closed:
+                notes.append((planned, allowed, TOTAL - planned, answer.steps, answer.random))
+            return answer
+
+        a.grant = grant
+
+    ray.get(replay.__ray_call__.remote(install))
+    return lambda: ray.get(replay.__ray_call__.remote(lambda actor: list(actor.grant_notes)))
+
+
+def test_workers_collect_on_their_own_within_the_ratios_and_never_below_the_minimum_chunk(local_ray, workdir):
+    """The replay grants env workers their chunks: after the random steps, a grant takes at least
+    min(chunk // 4, budget left, tolerance) steps and never runs past the ratios' tolerance.
 
     Two learner updates per call (at 0.2 updates per step: 10 env steps' worth) make the
     ratios free the env steps in small increments, so allowances below a quarter chunk
@@ -61,57 +87,54 @@ def test_worker_calls_after_the_random_phase_are_never_below_the_minimum_chunk(l
     minimum = chunk // 4
     cfg = ip_config(*RUN, f"resources.chunk_size={chunk}", f"resources.ratio_tolerance={tolerance}",
                     "train.updates_per_call=2")
-    log = CallLog()
-    asked = []  # (allowed by the ratios, budget left, the schedule's answer) of every non-random request
+    notes, ahead = [], []
 
-    def watch_chunks(driver):
+    def watch(driver):
+        if not notes:
+            notes.append(record_grants(driver.replay))
         s = driver.schedule
-        if "next_chunk" in vars(s):
-            return
-        real = s.next_chunk
+        # What the driver knows (the replay told it its count; the learners' counts it told the replay are no
+        # newer than these): the steps collected never run further than the ratios' limiters let them.
+        if s.env_steps > RANDOM:
+            ahead.append(tuple(s.env_steps - (RANDOM + lim.env_steps_allowed(RANDOM, updates))
+                               for lim, updates in ((s.model_limiter, s.model_updates),
+                                                    (s.policy_limiter, s.policy_updates))))
+        notes[1:] = [notes[0]()]
 
-        def next_chunk(in_flight_steps, chunk_size):
-            planned = s.env_steps + in_flight_steps
-            answer = real(in_flight_steps, chunk_size)
-            if planned >= RANDOM:
-                allowed = min(s.model_limiter.env_steps_allowed(planned, s.model_updates),
-                              s.policy_limiter.env_steps_allowed(planned, s.policy_updates))
-                asked.append((allowed, TOTAL - planned, answer.steps if answer else None))
-            return answer
-
-        s.next_chunk = next_chunk
-
-    summary = train(cfg, progress=False, callbacks=[log, watch_chunks])
+    summary = train(cfg, progress=False, callbacks=[watch])
     assert summary["env_steps"] == TOTAL
-
-    calls = [(call.steps, env, in_flight) for call, env, in_flight, _ in log.worker_calls() if env + in_flight >= RANDOM]
-    print("worker calls after the random phase (steps, env steps, in flight):", calls)
-    assert calls
-    for steps, env, in_flight in calls:
-        budget = TOTAL - env - in_flight
-        assert min(minimum, budget, tolerance) <= steps <= min(chunk, budget), (steps, env, in_flight)
+    grants = notes[1]
+    print(f"{len(grants)} asks answered; grants after the random phase (planned, allowed, budget, steps):",
+          [g[:4] for g in grants if not g[4] and g[3]])
+    granted = [(planned, allowed, budget, steps) for planned, allowed, budget, steps, random in grants
+               if not random and steps > 0]
+    assert granted
+    for planned, allowed, budget, steps in granted:
+        assert min(minimum, budget, tolerance) <= steps <= min(chunk, budget, allowed), (planned, allowed, steps)
     # The rule was under pressure: the ratios allowed some steps, fewer than the minimum, and the
-    # schedule sent nothing then; what it did send was whatever the ratios allowed, up to a chunk.
-    held_back = [(allowed, budget) for allowed, budget, answer in asked if 0 < allowed < min(minimum, budget)]
-    print("held back (allowed, budget):", held_back)
-    assert held_back
-    assert all(answer is None for allowed, budget, answer in asked if 0 < allowed < min(minimum, budget))
-    assert all(answer == min(chunk, allowed, budget) for allowed, budget, answer in asked if answer is not None)
-    # Every call the driver sent was acknowledged, and nothing more was collected.
-    assert sum(call.steps for call, *_ in log.worker_calls()) == summary["env_steps"]
-    # Chunks go to the workers in turn: the allowance does not always go to worker 0.
-    workers = [call.index for call, env, in_flight, _ in log.worker_calls() if env + in_flight >= RANDOM]
-    print("workers of the calls after the random phase:", workers)
-    assert min(workers.count(0), workers.count(1)) >= len(workers) // 4, workers
+    # replay granted nothing then.
+    held_back = [(allowed, budget, steps) for _, allowed, budget, steps, random in grants
+                 if not random and 0 < allowed < min(minimum, budget)]
+    print(f"held back {len(held_back)} times; allowances:", sorted({allowed for allowed, _, _ in held_back}))
+    assert held_back and all(steps == 0 for _, _, steps in held_back)
+    # The workers never ran past what the learners' progress allowed (≤ 0: within the tolerance).
+    print("steps past the model / policy limiter, largest:", max(a for a, _ in ahead), max(b for _, b in ahead))
+    assert ahead and all(a <= 0 and b <= 0 for a, b in ahead)
+    # Every transition collected was acknowledged to the worker that sent it and reported to the driver,
+    # and both workers collected.
+    assert summary["acknowledged_in_session"] == sum(summary["worker_steps"].values()) == summary["env_steps"]
+    print("steps by worker:", summary["worker_steps"])
+    assert min(summary["worker_steps"].get(i, 0) for i in range(2)) >= chunk
 
 
 def test_a_schedule_that_allows_nothing_is_a_stall_error(local_ray, workdir):
     """Ratios that can never be met cannot be configured (the ranges forbid 0): make the schedule
-    refuse every worker chunk and every learner update from the first round on."""
+    refuse every learner update from the first round on, so the replay grants the workers nothing past
+    the random steps and the tolerance, and nothing moves."""
 
     def allow_nothing(driver):
         s = driver.schedule
-        s.next_chunk = lambda *args, **kwargs: None
+        driver.stall_after_s = 3.0
         s.model_updates_allowed = lambda: 0
         s.policy_updates_allowed = lambda: 0
 
@@ -144,13 +167,10 @@ def test_checkpoints_are_written_with_nothing_in_flight(local_ray, workdir, monk
     summary = train(cfg, progress=False, callbacks=[log])
     print("checkpoints:", saved)
 
-    # Two periodic checkpoints (due at 200 and 400 env steps; written once the chunks asked for by
-    # then were in) and the final one at the budget.
+    # Two periodic checkpoints (collection stops at 200 and 400 env steps and each is written there)
+    # and the final one at the budget.
     steps = [c["env_steps"] for c in saved]
-    chunk, workers = cfg.resources.chunk_size, cfg.resources.num_env_workers
-    assert len(steps) == 3 and steps[-1] == TOTAL, steps
-    for due, step in zip((every, 2 * every), steps):
-        assert due <= step < due + workers * chunk, steps
+    assert steps == [every, 2 * every, TOTAL], steps
     for c in saved:
         # Drained: no worker or learner call in flight, so the replay, the learners and the counters agree.
         assert c["calls_in_flight"] == [], c
@@ -158,7 +178,7 @@ def test_checkpoints_are_written_with_nothing_in_flight(local_ray, workdir, monk
         assert len(set(c["model_updates"])) == 1 and len(set(c["policy_updates"])) == 1, c
     # The periodic ones were drained mid-run: collection went on after each of them.
     for step in steps[:-1]:
-        assert any(call.kind == "worker" and env >= step for call, env, _, _ in log.calls), step
+        assert any(call.kind == "worker" and env >= step for call, env, _ in log.calls), step
     assert load_checkpoint(summary["run_dir"])["counters"]["env_steps"] == TOTAL
 
 
@@ -176,7 +196,7 @@ def test_request_stop_from_a_callback_ends_the_run_early(local_ray, workdir):
     print("stopped at", stopped, "summary env steps", summary["env_steps"], summary["evaluations"])
     assert stopped
     # The calls in flight at the stop finished; nothing new was sent to a worker after it.
-    assert not [call for call, _, _, requested in log.worker_calls() if requested]
+    assert not [call for call, _, requested in log.worker_calls() if requested]
     assert stopped[0] <= summary["env_steps"] < TOTAL
     # The run ended with an evaluation of the policy at the step it stopped at, and a checkpoint there.
     assert summary["evaluations"][-1][0] == summary["env_steps"]

@@ -80,25 +80,19 @@ def test_killed_env_worker_is_replaced_and_collects_again(local_ray, workdir):
     (With two workers the survivor may take every remaining chunk while the killed one restarts,
     and the replacement would never be asked to collect.) Whether the kill lands in the middle of a
     call (the driver sees it fail) or between calls depends on timing; the replacement answers
-    either way.
+    either way. A call killed midway may have had chunks acknowledged that it never reported: they
+    are in the replay (the env-step count) but not in what the worker reported to the driver.
     """
-    def at_kill(driver):
-        # What worker 0 had acknowledged, and the steps of a call in flight to it (the old actor may
-        # still have had those acknowledged before it died).
-        in_flight = sum(c.steps for c in driver._inflight.values() if c.kind == "worker" and c.index == 0)
-        return driver.worker_steps[0], in_flight
-
-    kill = KillOnce(lambda d: d.workers[0], after=at_kill)
+    kill = KillOnce(lambda d: d.workers[0], after=lambda driver: driver.worker_steps[0])
     summary = train(ip_config(*RUN, "resources.num_env_workers=1"), progress=False, callbacks=[kill])
     assert kill.killed_at is not None
-    acknowledged_at_kill, in_flight_at_kill = kill.seen
-    print("worker at the kill:", kill.seen, "failures:", summary["failures"], "recoveries:", summary["recoveries"],
-          "worker_steps:", summary["worker_steps"])
+    print("worker steps reported at the kill:", kill.seen, "failures:", summary["failures"], "recoveries:",
+          summary["recoveries"], "worker_steps:", summary["worker_steps"], "env steps:", summary["env_steps"])
     # The restarted actor answered (its first answer says it was restarted: a recovery), and it
-    # collected: worker 0 acknowledged more than it had, or had been asked for, at the kill.
+    # collected: worker 0 reported more than it had at the kill.
     assert summary["recoveries"].get("worker", 0) >= 1, summary["recoveries"]
-    assert summary["worker_steps"][0] > acknowledged_at_kill + in_flight_at_kill, (summary["worker_steps"], kill.seen)
-    assert summary["worker_steps"][0] == summary["acknowledged_in_session"] == summary["env_steps"]
+    assert summary["worker_steps"][0] > kill.seen, (summary["worker_steps"], kill.seen)
+    assert summary["worker_steps"][0] == summary["acknowledged_in_session"] <= summary["env_steps"]
     finished_consistently(summary)
 
 

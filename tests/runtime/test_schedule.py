@@ -200,25 +200,27 @@ def test_request_stop_ends_the_run_without_a_reached_return():
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------
-def test_checkpoints_fall_due_with_steps_in_flight_and_move_to_the_next_multiple():
+def test_checkpoints_fall_due_at_the_collection_limit_and_move_to_the_next_multiple():
     s = Schedule(train_cfg(total_env_steps=10_000, checkpoint_every=2500), tolerance=200)
+    assert not s.checkpoint_due() and s.collection_limit() == 2500  # collection stops at the checkpoint
+    s.env_steps = 2499
     assert not s.checkpoint_due()
-    s.env_steps = 2400
-    assert not s.checkpoint_due(99)
-    assert s.checkpoint_due(100)  # the steps asked for reach it: drain and write
-    s.env_steps = 2530
+    s.env_steps = 2500
+    assert s.checkpoint_due()
+    s.env_steps = 2530  # a run resumed past it, or steps dropped in: written at once
     assert s.checkpoint_due()
     s.checkpoint_written()
-    assert not s.checkpoint_due() and not s.checkpoint_due(2469)
-    assert s.checkpoint_due(2470)  # next at 5000
+    assert not s.checkpoint_due() and s.collection_limit() == 5000
     s.env_steps = 7_600  # a long round: one checkpoint, then the next multiple after it
     assert s.checkpoint_due()
     s.checkpoint_written()
-    assert not s.checkpoint_due(2399)
-    # 10 000 is the budget: the run's end writes that one, not the schedule.
-    for steps, in_flight in ((9_999, 1), (9_999, 500), (10_000, 0), (10_500, 0)):
+    assert s.collection_limit() == 10_000  # the next one would be the budget: the run's end writes that one
+    for steps in (9_999, 10_000, 10_500):
         s.env_steps = steps
-        assert not s.checkpoint_due(in_flight)
+        assert not s.checkpoint_due()
+    s.env_steps = 9_000
+    s.request_stop()
+    assert s.collection_limit() == 9_000  # stopping: nothing more is collected
 
 
 def test_checkpoint_every_not_dividing_the_budget_and_zero():
@@ -233,7 +235,7 @@ def test_checkpoint_every_not_dividing_the_budget_and_zero():
     off = Schedule(train_cfg(checkpoint_every=0), tolerance=200)
     for steps in (0, 2500, 5000, 9_999):
         off.env_steps = steps
-        assert not off.checkpoint_due(10**6)
+        assert not off.checkpoint_due() and off.collection_limit() == 10_000
         off.checkpoint_written()
         assert off.next_checkpoint is None
 
@@ -261,7 +263,7 @@ def test_counters_round_trip_through_json():
     assert t.summary(1.0) | {"wall_s": 0} == s.summary(1.0) | {"wall_s": 0}
     # The resumed run goes on where it was: the next evaluation at 3000, the next checkpoint at 5000.
     assert not t.eval_due()
-    assert t.next_checkpoint == 5000 and not t.checkpoint_due(2399) and t.checkpoint_due(2400)
+    assert t.next_checkpoint == 5000 == t.collection_limit() and not t.checkpoint_due()
     # A counters dict from before `next_eval` was stored evaluates at once.
     old = {k: v for k, v in counters.items() if k != "next_eval"}
     u = Schedule(cfg, tolerance=200)

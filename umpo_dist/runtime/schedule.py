@@ -22,9 +22,8 @@ EPISODES_KEPT = 10_000  # training-episode returns kept for the learning curve a
 class Call:
     """One actor call in flight (distributed runtime)."""
 
-    kind: str  # "worker", "model", "policy" or "eval"
+    kind: str  # "worker", "model", "policy", "eval" or "admission" (the replay told the learners' progress)
     index: int = 0  # which env worker; for "eval", the env step the evaluated policy belongs to
-    steps: int = 0  # env steps asked of a worker
     weights: object = None  # for "eval", the policy weights being evaluated (a dict, or a Ray object ref)
     version: int = 0  # for "eval", the policy updates behind those weights
 
@@ -74,15 +73,16 @@ class Schedule:
         return self.policy_limiter.updates_allowed(self.env_steps, self.policy_updates)
 
     # -- collection -------------------------------------------------------------
-    def next_chunk(self, in_flight_steps: int, chunk_size: int) -> Chunk | None:
-        """The env steps one more worker call may take, given those already asked for; None to wait.
+    def next_chunk(self, in_flight_steps: int, chunk_size: int, limit: int | None = None) -> Chunk | None:
+        """The env steps one more chunk may take, given those already granted; None to wait.
 
         Random steps come first. After them the learners' ratios (plus the tolerance)
-        bound the steps, and a call smaller than a quarter chunk waits for a bigger
-        allowance: tiny calls each cost a round trip.
+        bound the steps, and a chunk smaller than a quarter chunk waits for a bigger
+        allowance: tiny chunks each cost a round trip. No chunk passes `limit` (default:
+        the budget).
         """
         planned = self.env_steps + in_flight_steps
-        budget = self.cfg.total_env_steps - planned
+        budget = min(self.cfg.total_env_steps, limit if limit is not None else self.cfg.total_env_steps) - planned
         if budget <= 0:
             return None
         if planned < self.cfg.random_steps:
@@ -145,13 +145,21 @@ class Schedule:
     def done(self) -> bool:
         return self.stopping() or self.env_steps >= self.cfg.total_env_steps
 
+    def collection_limit(self) -> int:
+        """The env step collection may run to now: the budget, or the next periodic checkpoint (written
+        with nothing in flight), or the steps taken once the run is stopping."""
+        if self.stopping():
+            return self.env_steps
+        due, total = self.next_checkpoint, self.cfg.total_env_steps
+        return due if due is not None and due < total else total
+
     # -- checkpoints ------------------------------------------------------------
-    def checkpoint_due(self, in_flight_steps: int = 0) -> bool:
-        """A periodic checkpoint is due once the steps taken (and asked for) reach it; the run's
-        last checkpoint is written at its end, not here."""
+    def checkpoint_due(self) -> bool:
+        """A periodic checkpoint is due once the steps taken reach it (collection stops there:
+        `collection_limit`); the run's last checkpoint is written at its end, not here."""
         due = self.next_checkpoint
         total = self.cfg.total_env_steps
-        return due is not None and due < total and self.env_steps < total and self.env_steps + in_flight_steps >= due
+        return due is not None and due < total and self.env_steps < total and self.env_steps >= due
 
     def checkpoint_written(self) -> None:
         every = self.cfg.checkpoint_every

@@ -2,8 +2,11 @@
 
 Every actor call is asynchronous; the driver keeps each env worker and each learner
 busy with one call at a time, as far as the shared `Schedule` allows, and reacts to
-whichever call finishes first (`ray.wait`). Learners that run ahead wait for data;
-env workers that run more than `ratio_tolerance` steps ahead of a learner wait for it.
+whichever call finishes first (`ray.wait`). Env workers run their own loop in each call
+(`EnvWorker.run`): they ask the replay for every chunk, and the replay grants them by the
+learners' progress, which the driver reports to it (`runtime/admission.py`), so workers
+never run more than `ratio_tolerance` steps ahead of a learner and the driver is not in
+the data path. Learners that run ahead wait for data.
 Actors ask Ray for CPUs fitted to the cluster (`cpu_requests`); one evaluation actor
 lives for the whole run. Each call reports its busy seconds, and the driver logs each
 role's utilisation (share of wall-clock inside useful work).
@@ -30,12 +33,14 @@ from umpo_dist.runtime.ray.learners import ModelLearnerActor, PolicyLearnerActor
 from umpo_dist.runtime.ray.replay_actor import ReplayActor
 from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry
 from umpo_dist.runtime.ray.weights import WeightStoreActor
+from umpo_dist.runtime.admission import Admission
 from umpo_dist.runtime.evaluation_round import record_round
 from umpo_dist.runtime.schedule import Call, Schedule
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[dict, int], None]
 RESTART_COOLDOWN_S = 1.0  # pause before calling an actor again after a failed call
+STALL_AFTER_S = 60.0  # no progress for this long, with no learner allowed to update: the ratios are stuck
 
 
 class Driver:
@@ -54,6 +59,7 @@ class Driver:
         self.replay = ReplayActor.options(scheduling_strategy=here).remote(
             spec.obs_dim, spec.action_dim, cfg.replay.capacity, cfg.model.ensemble_size, cfg.replay.sampling,
             cfg.model.holdout_fraction, t.seed, run_dir=run_dir, sync_every_ms=cfg.replay.sync_every_ms,
+            admission=Admission(t, r.ratio_tolerance),
         )
         self.model_learner = ModelLearnerActor.options(num_cpus=cpus.model_learner, num_gpus=gpus).remote(
             cfg, spec, self.replay, self.store, run_dir)
@@ -76,7 +82,9 @@ class Driver:
         self.worker_steps: Counter = Counter()  # env steps each worker (by index) had acknowledged
         self.acknowledged = 0  # transitions whose acknowledgement a worker reported in this process
         self._inflight: dict = {}  # ObjectRef -> Call
-        self._next_worker = 0  # the worker offered the next chunk first
+        self._admitted = None  # what the replay's admission was last told (None: tell it again)
+        self.stall_after_s = STALL_AFTER_S
+        self._progress_mark = (None, time.monotonic())  # (counters, when they last changed)
         self._down: dict[tuple[str, int], float] = {}  # failed actors: (kind, index) -> when to call again
         self.busy: Counter = Counter()  # seconds inside useful work, by role ("worker" summed over workers)
         self.data_wait: Counter = Counter()  # of those, seconds a learner was blocked on replay answers
@@ -139,9 +147,10 @@ class Driver:
         start = time.monotonic()
         self._window = (start, s.env_steps, s.model_updates, s.policy_updates)
         while True:
-            drain = s.checkpoint_due(self._steps_in_flight())
+            drain = s.checkpoint_due()
             for callback in self.callbacks:
                 callback(self)
+            self._tell_admission()
             if not (s.stopping() or drain):
                 self._schedule_workers()
                 self._schedule_learners()
@@ -161,6 +170,9 @@ class Driver:
                         time.sleep(RESTART_COOLDOWN_S / 4)
                         continue
                     raise RuntimeError("scheduler stalled: nothing in flight and nothing allowed; check the ratios")
+            if self._stalled():
+                raise RuntimeError(f"scheduler stalled: no env step and no update allowed for {self.stall_after_s:g} s; "
+                                   "check the ratios")
             ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
             if ready and len(self._inflight) > 1:  # every call finished by now, handled in this one turn
                 ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=0)
@@ -202,27 +214,51 @@ class Driver:
         """A call of this kind (to this actor index, if given) is in flight."""
         return any(c.kind == kind and index in (None, c.index) for c in self._inflight.values())
 
-    def _steps_in_flight(self) -> int:
-        return sum(c.steps for c in self._inflight.values())
-
     def _busy(self, kind: str, index: int = 0) -> bool:
         """A call is in flight, or the actor is restarting and is left alone for a moment."""
         return self._down.get((kind, index), 0.0) > time.monotonic() or self._calls(kind, index)
 
+    def _stalled(self) -> bool:
+        """No counter moved for `stall_after_s` while no learner had anything to do or was restarting."""
+        s, now = self.schedule, time.monotonic()
+        mark = (s.env_steps, s.model_updates, s.policy_updates)
+        busy = (self._down or self._calls("model") or self._calls("policy") or s.model_updates_allowed() > 0
+                or s.policy_updates_allowed() > 0 or s.env_steps >= s.collection_limit())
+        if busy or mark != self._progress_mark[0]:
+            self._progress_mark = (mark, now)
+            return False
+        return now - self._progress_mark[1] > self.stall_after_s
+
+    def _tell_admission(self) -> None:
+        """Keep the replay's admission told of the learners' counts and of how far collection may run.
+
+        Told again after every call that finished (a restarted replay has forgotten it); one call at a
+        time, and its answer, the replay's acknowledged count, keeps the schedule's count fresh."""
+        s = self.schedule
+        told = (s.model_updates, s.policy_updates, s.collection_limit())
+        if told == self._admitted or self._busy("admission"):
+            return
+        self._inflight[self.replay.admit.remote(*told)] = Call("admission")
+        self._admitted = told
+
+    def _admission_answered(self, ref) -> None:
+        try:
+            total = ray.get(ref)
+        except ACTOR_ERRORS:  # the replay is restarting: tell the new one in a moment
+            self._admitted = None
+            self._down[("admission", 0)] = time.monotonic() + RESTART_COOLDOWN_S / 4
+            return
+        self._down.pop(("admission", 0), None)
+        self.schedule.env_steps = max(self.schedule.env_steps, total)
+
     def _schedule_workers(self) -> None:
-        """Give chunks to idle workers in turn (round robin), so that with a tight tolerance the
-        allowance does not always go to the first worker and every worker keeps collecting."""
-        n = len(self.workers)
-        for k in range(n):
-            i = (self._next_worker + k) % n
-            if self._busy("worker", i):
-                continue
-            chunk = self.schedule.next_chunk(self._steps_in_flight(), self.cfg.resources.chunk_size)
-            if chunk is None:
-                return
-            self._inflight[self.workers[i].collect.remote(chunk.steps, chunk.random)] = Call("worker", i, chunk.steps)
-            self.busy_since.setdefault("worker", time.monotonic())
-            self._next_worker = (i + 1) % n
+        """Every idle worker runs, as long as collection has steps left before its limit."""
+        if self.schedule.env_steps >= self.schedule.collection_limit():
+            return
+        for i, worker in enumerate(self.workers):
+            if not self._busy("worker", i):
+                self._inflight[worker.run.remote(self.cfg.resources.chunk_size)] = Call("worker", i)
+                self.busy_since.setdefault("worker", time.monotonic())
 
     def _schedule_learners(self) -> None:
         s, per_call = self.schedule, self.cfg.train.updates_per_call
@@ -240,6 +276,10 @@ class Driver:
         if kind == "eval":
             self._finish_eval(ref, call)
             return
+        if kind == "admission":
+            self._admission_answered(ref)
+            return
+        self._admitted = None  # something changed, or an actor came back: tell the replay again
         role = f"{kind}_{index}" if kind == "worker" else f"{kind}_learner"
         try:
             result = ray.get(ref)
@@ -270,9 +310,10 @@ class Driver:
                 self._metrics["replay/total_inserted"] = result["replay_total"]
             self.worker_nodes[index] = result["node_id"]
             self._metrics["env/dropped_nonfinite_episodes"] = result["dropped_episodes"]
-            if result["policy_version"] >= 0:
-                self.policy_versions_used[result["policy_version"]] += 1
-                self._staleness["policy"].append(s.policy_updates - result["policy_version"])
+            for version in result["policy_versions"]:
+                if version >= 0:
+                    self.policy_versions_used[version] += 1
+                    self._staleness["policy"].append(s.policy_updates - version)
             for ep in result["episodes"]:
                 s.record_episode(ep["return"])
                 self._metrics["episode/return"] = ep["return"]

@@ -1,6 +1,8 @@
-"""The env-worker actor: an `EnvCollector` acting with the newest policy it holds.
+"""The env-worker actor: an `EnvCollector` acting with the newest policy it holds, in its own loop.
 
-It looks for newer policy weights at the start of each call and every
+It asks the replay for each chunk (the replay paces the workers by the learners'
+progress: `runtime/admission.py`) and sends it without waiting for the one before to be
+acknowledged. It looks for newer policy weights at the start of each call and every
 `train.publish_every` steps within it (a non-blocking poll of the weight store), so a
 chunk is not collected with a policy older than the learner's last few publications.
 """
@@ -17,10 +19,15 @@ from umpo_dist.config import Config
 from umpo_dist.devices import set_threads
 from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.policy import build_policy
-from umpo_dist.runtime.ray.cluster import assigned_cpus
+from umpo_dist.runtime.admission import Grant
 from umpo_dist.runtime.ray.chunk_sender import ChunkSender
-from umpo_dist.runtime.ray.retry import was_restarted
+from umpo_dist.runtime.ray.cluster import assigned_cpus
+from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry, was_restarted
 from umpo_dist.runtime.ray.weights import WeightSubscriber
+
+RUN_CALL_S = 0.5  # a run call's longest span: how often the driver hears of episodes and counts
+INSERTS_IN_FLIGHT = 4  # chunks sent and not yet acknowledged, at most
+WAIT_S = (0.001, 0.02)  # first and longest pause between asks while the learners are behind
 
 
 @ray.remote(max_restarts=-1)
@@ -35,7 +42,8 @@ class EnvWorker:
             seed += 1 + uuid.UUID(self.stream).int % 1_000_000
         self.collector = EnvCollector(spec.env_id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
         self.policy = build_policy(spec, cfg.policy)
-        self.sender = ChunkSender(replay, self.stream)
+        self.replay = replay
+        self.sender = ChunkSender(replay, self.stream, window=INSERTS_IN_FLIGHT)
         self.policy_weights = WeightSubscriber(store, "policy")
         self.node_id = ray.get_runtime_context().get_node_id()
         self.refresh_every = cfg.train.publish_every
@@ -52,32 +60,66 @@ class EnvWorker:
             self._refresh()
         return self.policy.act(obs)
 
-    def collect(self, num_steps: int, random_actions: bool) -> dict:
-        """Step `num_steps` times, push the transitions to the replay, wait for its acknowledgement.
+    def run(self, chunk_size: int, max_seconds: float = RUN_CALL_S) -> dict:
+        """Collect on its own: ask the replay for a chunk, step it, send it, and go on.
 
-        A chunk that is not acknowledged (the replay is restarting) is resent with the
-        same id until it is; the replay stores it once (`ChunkSender`).
+        The next grant is asked for while a chunk is collected, and up to `INSERTS_IN_FLIGHT`
+        chunks travel unacknowledged (`ChunkSender`: exactly once, in order, resent after a
+        replay restart). The call ends when the replay closes collection (the budget, a
+        checkpoint or a stop), when the learners hold the worker back after it has sent
+        something (the driver then learns the new count at once), or after `max_seconds`;
+        it waits for every acknowledgement and reports what was collected.
         """
         started = time.perf_counter()
+        deadline = started + max_seconds
+        acknowledged, busy, delay = self.sender.acknowledged, 0.0, WAIT_S[0]
+        episodes, versions, sent = [], [], 0
         self._refresh()
-        use_policy = not random_actions and self.policy_weights.version >= 0
-        batch, episodes = self.collector.collect(num_steps, self._act if use_policy else None)
-        inserted = len(batch.get("reward", ()))
-        total = None
-        if inserted:
-            self.sender.send(batch)
-            self.sender.flush()
-            total = self.sender.total
+        ask = self._ask(chunk_size)
+        while ask is not None:
+            grant, ask = self._answer(ask, chunk_size), None
+            if grant.closed:
+                break
+            if grant.steps == 0:  # the learners are behind
+                if sent or time.perf_counter() + delay > deadline:
+                    break
+                time.sleep(delay)
+                delay = min(2 * delay, WAIT_S[1])
+                ask = self._ask(chunk_size)
+                continue
+            delay = WAIT_S[0]
+            if time.perf_counter() < deadline:
+                ask = self._ask(chunk_size)  # answered while this chunk is collected
+            t0 = time.perf_counter()
+            use_policy = not grant.random and self.policy_weights.version >= 0
+            batch, done = self.collector.collect(grant.steps, self._act if use_policy else None)
+            episodes += done
+            versions.append(self.policy_weights.version if use_policy else -1)
+            if len(batch.get("reward", ())):
+                self.sender.send(batch)
+                sent += 1
+            busy += time.perf_counter() - t0
+        self.sender.flush()
+        self.replay.release.remote(self.stream)  # after every insert and ask sent: nothing stays reserved
         return {
-            "steps": inserted,
-            "replay_total": total,
+            "steps": self.sender.acknowledged - acknowledged,
+            "replay_total": self.sender.total,
             "episodes": episodes,
-            "policy_version": self.policy_weights.version if use_policy else -1,
+            "policy_versions": versions,
             "node_id": self.node_id,
             "dropped_episodes": self.collector.dropped_episodes,
             "restarted": self._take_restarted(),
-            "busy_s": time.perf_counter() - started,
+            "busy_s": busy,
         }
+
+    def _ask(self, chunk_size: int):
+        return self.replay.reserve.remote(self.stream, chunk_size)
+
+    def _answer(self, ask, chunk_size: int) -> Grant:
+        try:
+            return ray.get(ask)
+        except ACTOR_ERRORS:  # the replay is restarting: ask the new one (it grants once the driver has told it)
+            return call_with_retry(lambda: self._ask(chunk_size), "replay reserve")
 
     def _take_restarted(self) -> bool:
         """True once, on the first call after Ray restarted this actor."""
