@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import umpo_dist.envs.collector as collector_mod
-from umpo_dist.envs.collector import EnvCollector, stack_transitions
+from umpo_dist.envs.collector import EnvCollector
 from umpo_dist.envs.spec import env_spec, make_env
 
 ENV_ID = "InvertedPendulum-v5"
@@ -260,9 +260,3 @@ def test_non_finite_reset_observation_never_reaches_the_batch(monkeypatch):
     for k, v in batch.items():
         assert np.isfinite(v).all(), k
 
-
-def test_stack_transitions():
-    assert stack_transitions([]) == {}
-    items = [{"a": np.float32(i), "b": np.array([i, i], np.float32)} for i in range(3)]
-    out = stack_transitions(items)
-    assert out["a"].shape == (3,) and out["b"].shape == (3, 2)

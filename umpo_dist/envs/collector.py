@@ -7,6 +7,7 @@ from running several collectors, one per env-worker actor.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable
 
@@ -51,27 +52,29 @@ class EnvCollector:
         non-finite value would poison the model's normalisers and losses.
         """
         act = act or self.random_actions
-        out: list[dict] = []
+        obs_dim = self.obs.shape[1]
+        out = {"obs": np.empty((num_steps, obs_dim), np.float32), "action": None,
+               "reward": np.empty(num_steps, np.float32), "next_obs": np.empty((num_steps, obs_dim), np.float32),
+               "terminated": np.empty(num_steps, np.float32), "truncated": np.empty(num_steps, np.float32)}
         episodes: list[dict] = []
-        steps = 0
+        steps = kept = 0  # steps taken, and rows written (a non-finite step takes no row)
         while steps < num_steps:
             actions = np.asarray(act(self.obs), np.float32)
+            if out["action"] is None:
+                out["action"] = np.empty((num_steps, actions.shape[1]), np.float32)
             for i, env in enumerate(self.envs[: num_steps - steps]):
                 next_obs, reward, terminated, truncated, _ = env.step(actions[i])
                 next_obs = np.asarray(next_obs, np.float32)
                 steps += 1
-                finite = bool(np.isfinite(next_obs).all() and np.isfinite(reward))
+                finite = bool(np.isfinite(next_obs).all()) and math.isfinite(reward)
                 if finite:
-                    out.append(
-                        {
-                            "obs": self.obs[i].copy(),
-                            "action": actions[i],
-                            "reward": np.float32(reward),
-                            "next_obs": next_obs,
-                            "terminated": np.float32(terminated),
-                            "truncated": np.float32(truncated),
-                        }
-                    )
+                    out["obs"][kept] = self.obs[i]
+                    out["action"][kept] = actions[i]
+                    out["reward"][kept] = reward
+                    out["next_obs"][kept] = next_obs
+                    out["terminated"][kept] = terminated
+                    out["truncated"][kept] = truncated
+                    kept += 1
                     self.episode_return[i] += reward
                     self.episode_length[i] += 1
                 else:
@@ -89,14 +92,11 @@ class EnvCollector:
                     self.episode_return[i] = 0.0
                     self.episode_length[i] = 0
                 self.obs[i] = next_obs
-        return stack_transitions(out), episodes
+        if kept == 0:
+            return {}, episodes
+        return {k: v[:kept] for k, v in out.items()}, episodes
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
 
-
-def stack_transitions(items: list[dict]) -> dict[str, np.ndarray]:
-    if not items:
-        return {}
-    return {k: np.stack([t[k] for t in items]) for k in items[0]}
