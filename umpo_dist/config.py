@@ -202,6 +202,9 @@ class ResourcesConfig:
     # Replay batches a learner fetches per call: one round trip for several (raise it for GPU learners, whose
     # call rate the replay feels; on a CPU the prefetched call is never waited for, and batches drawn ahead are older).
     batches_per_call: int = ranged(1, 1)
+    # On a local run on a machine with 2 to 4 usable cores (Linux): the policy learner, every run's critical path,
+    # gets a core of its own (CPU affinity), and Ray's daemons, the driver and the other actors share the rest.
+    pin_policy_core: bool = True
 
 
 @dataclass

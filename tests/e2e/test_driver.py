@@ -203,3 +203,27 @@ def test_request_stop_from_a_callback_ends_the_run_early(local_ray, workdir):
     assert [step for step, _ in summary["evaluations"]] == [0, summary["env_steps"]]
     ckpt = load_checkpoint(summary["run_dir"])
     assert ckpt["counters"]["env_steps"] == summary["env_steps"] == int(ckpt["replay"]["total_inserted"])
+
+
+def test_the_policy_learner_runs_on_the_core_kept_for_it(local_ray, workdir, monkeypatch):
+    """On a small local machine `init_ray` keeps a core for the policy learner (`cluster.core_plan`); the
+    driver hands it to the actor, which pins itself there, and no other actor is pinned to it."""
+    import os
+
+    import umpo_dist.runtime.ray.driver as driver_mod
+
+    core = min(os.sched_getaffinity(0))
+    monkeypatch.setattr(driver_mod, "policy_learner_cores", lambda: [core])
+    seen = {}
+
+    def look(driver):
+        if not seen:
+            affinity = lambda actor: sorted(os.sched_getaffinity(0))  # noqa: E731 - shipped by value
+            seen["policy"] = ray.get(driver.policy_learner.__ray_call__.remote(affinity))
+            seen["model"] = ray.get(driver.model_learner.__ray_call__.remote(affinity))
+            driver.request_stop()
+
+    train(ip_config(*RUN), progress=False, callbacks=[look])
+    print("affinity:", seen)
+    assert seen["policy"] == [core]
+    assert seen["model"] == sorted(os.sched_getaffinity(0)) and len(seen["model"]) > 1

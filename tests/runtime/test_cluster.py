@@ -3,6 +3,7 @@
 import pytest
 
 from umpo_dist.config import ResourcesConfig
+from umpo_dist.runtime.ray import cluster
 from umpo_dist.runtime.ray.cluster import cpu_requests
 
 
@@ -39,3 +40,21 @@ def test_the_defaults_on_two_cores_give_the_policy_learner_one_and_share_the_oth
     fitted = cpu_requests(resources(), 2)  # 2 env workers, 1 CPU each asked
     assert fitted.policy_learner == 1.0
     assert fitted.model_learner == fitted.env_worker == pytest.approx(1 / 3, abs=1e-4)
+
+
+@pytest.mark.parametrize("usable, expected", [({0, 1}, ([0], [1])), ({2, 5, 7}, ([2], [5, 7])),
+                                              ({0, 1, 2, 3}, ([0], [1, 2, 3])), ({3}, None), (set(range(8)), None)])
+def test_a_small_machine_keeps_one_core_for_the_policy_learner(monkeypatch, usable, expected):
+    """2 to 4 usable cores (whatever their numbers, e.g. a cgroup's cpuset): the first is the policy
+    learner's, the rest everyone else's; one core, or a bigger machine: no pinning."""
+    monkeypatch.setattr(cluster.os, "sched_getaffinity", lambda pid: set(usable), raising=False)
+    monkeypatch.setattr(cluster, "_affinity_before_pinning", None)
+    assert cluster.core_plan() == expected
+
+
+def test_the_plan_is_taken_from_the_cores_before_this_process_pinned_itself(monkeypatch):
+    """A second local cluster in the same process (a benchmark's next run) plans from the original cores,
+    not from the ones `init_ray` left the process on."""
+    monkeypatch.setattr(cluster.os, "sched_getaffinity", lambda pid: {1}, raising=False)
+    monkeypatch.setattr(cluster, "_affinity_before_pinning", {0, 1})
+    assert cluster.core_plan() == ([0], [1])

@@ -1,4 +1,5 @@
-"""Joining or starting the Ray cluster a run uses, and sizing the actors' requests to it."""
+"""Joining or starting the Ray cluster a run uses, sizing the actors' requests to it, and on a small local
+machine keeping a core for the policy learner."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import ray
 from umpo_dist.config import Config, ResourcesConfig
 
 log = logging.getLogger(__name__)
-_started: dict[str, float] = {}  # "cpus": the CPU count of the local cluster `init_ray` started in this process
+_started: dict[str, float] = {}  # "cpus": the CPU count of the local cluster `init_ray` started in this process;
+# "policy_core": the core it keeps for the policy learner (small machines: `core_plan`)
+SMALL_MACHINE_CORES = 4
+_affinity_before_pinning: set[int] | None = None  # this process's cores before `init_ray` pinned it
 
 
 def init_ray(cfg: Config, address: str | None = None) -> None:
@@ -28,8 +32,39 @@ def init_ray(cfg: Config, address: str | None = None) -> None:
     # A local run starts the dashboard bound to loopback only (Ray prints its address).
     # address="local": a new cluster of our own, even if another one runs on this machine.
     cpus = os.cpu_count() or 1
+    plan = core_plan() if cfg.resources.pin_policy_core else None
+    if plan is not None:  # Ray's daemons and every worker process inherit this: all but the policy learner's core
+        global _affinity_before_pinning
+        _affinity_before_pinning = _affinity_before_pinning or os.sched_getaffinity(0)
+        os.sched_setaffinity(0, plan[1])
+        log.info("small machine: core %d kept for the policy learner, cores %s for the rest", plan[0][0], plan[1])
     ray.init(address="local", num_cpus=cpus, dashboard_host="127.0.0.1", include_dashboard=True)
     _started["cpus"] = cpus
+    if plan is not None:
+        _started["policy_core"] = plan[0][0]
+
+
+def core_plan(max_cores: int = SMALL_MACHINE_CORES) -> tuple[list[int], list[int]] | None:
+    """On a machine with 2 to `max_cores` usable cores (Linux): (the policy learner's core, the others);
+    else None. On a bigger machine the learner's CPU request already keeps it from being crowded."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(_affinity_before_pinning or os.sched_getaffinity(0))
+    if not 2 <= len(cores) <= max_cores:
+        return None
+    return cores[:1], cores[1:]
+
+
+def policy_learner_cores() -> list[int] | None:
+    """The core the local cluster `init_ray` started keeps for the policy learner, if it keeps one."""
+    core = _started.get("policy_core") if ray.is_initialized() else None
+    return [int(core)] if core is not None else None
+
+
+def pin_to(cores: list[int] | None) -> None:
+    """Inside an actor: run on these cores only (None: wherever it was started)."""
+    if cores:
+        os.sched_setaffinity(0, cores)
 
 
 def local_cluster_cpus() -> float | None:

@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from umpo_dist.config import Config
 from umpo_dist.diagnostics.watch import ExploitationWatch
 from umpo_dist.envs.spec import EnvSpec
-from umpo_dist.runtime.ray.cluster import cpu_requests, learner_gpus, local_cluster_cpus
+from umpo_dist.runtime.ray.cluster import cpu_requests, learner_gpus, local_cluster_cpus, policy_learner_cores
 from umpo_dist.runtime.ray.env_worker import EnvWorker
 from umpo_dist.runtime.ray.evaluator import EvaluatorActor
 from umpo_dist.runtime.ray.learners import ModelLearnerActor, PolicyLearnerActor
@@ -64,7 +64,7 @@ class Driver:
         self.model_learner = ModelLearnerActor.options(num_cpus=cpus.model_learner, num_gpus=gpus).remote(
             cfg, spec, self.replay, self.store, run_dir)
         self.policy_learner = PolicyLearnerActor.options(num_cpus=cpus.policy_learner, num_gpus=gpus).remote(
-            cfg, spec, self.replay, self.store, run_dir)
+            cfg, spec, self.replay, self.store, run_dir, cores=policy_learner_cores())
         # SPREAD places env workers across nodes, so collection uses every machine's cores.
         self.workers = [
             EnvWorker.options(num_cpus=cpus.env_worker, scheduling_strategy="SPREAD").remote(cfg, spec, i, self.replay, self.store)

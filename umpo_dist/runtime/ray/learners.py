@@ -26,7 +26,7 @@ from umpo_dist.devices import select_device, set_threads
 from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.model_learner import build_model_learner
 from umpo_dist.objectives import build_objective
-from umpo_dist.runtime.ray.cluster import assigned_cpus
+from umpo_dist.runtime.ray.cluster import assigned_cpus, pin_to
 from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry, was_restarted
 from umpo_dist.runtime.ray.weights import WeightSubscriber, publish
 
@@ -79,7 +79,8 @@ class _LearnerActor:
     state_name: str  # the learner's file in a checkpoint
     weights_name: str  # the weight set it publishes
 
-    def __init__(self, cfg: Config, store, run_dir: str | None):
+    def __init__(self, cfg: Config, store, run_dir: str | None, cores: list[int] | None = None):
+        pin_to(cores)
         set_threads(assigned_cpus())
         self.device = select_device(ray.get_gpu_ids())
         self.cfg, self.store, self.run_dir = cfg, store, run_dir
@@ -171,8 +172,10 @@ class PolicyLearnerActor(_LearnerActor):
 
     state_name, weights_name = "policy_learner", "policy"
 
-    def __init__(self, cfg: Config, spec: EnvSpec, replay, store, run_dir: str | None = None):
-        super().__init__(cfg, store, run_dir)
+    def __init__(self, cfg: Config, spec: EnvSpec, replay, store, run_dir: str | None = None,
+                 cores: list[int] | None = None):
+        """`cores`: run on these only (the core a small local machine keeps for it: `cluster.core_plan`)."""
+        super().__init__(cfg, store, run_dir, cores)
         self.learner = build_objective(cfg, spec, self.device)
         self.model_weights = WeightSubscriber(store, "model")
         needs = self.learner.needs
