@@ -77,8 +77,7 @@ def record_grants(replay):
 
 def test_workers_collect_on_their_own_within_the_ratios_and_never_below_the_minimum_chunk(local_ray, workdir):
     """The replay grants env workers their chunks: after the random steps, a grant takes at least
-    min(chunk // 4, budget left, tolerance) steps and never more than the ratios allow (the tolerance
-    past the learners' progress, as the driver and the learners themselves report it).
+    min(chunk // 4, budget left, tolerance) steps and never runs past the ratios' tolerance.
 
     Two learner updates per call (at 0.2 updates per step: 10 env steps' worth) make the
     ratios free the env steps in small increments, so allowances below a quarter chunk
@@ -88,11 +87,18 @@ def test_workers_collect_on_their_own_within_the_ratios_and_never_below_the_mini
     minimum = chunk // 4
     cfg = ip_config(*RUN, f"resources.chunk_size={chunk}", f"resources.ratio_tolerance={tolerance}",
                     "train.updates_per_call=2")
-    notes = []
+    notes, ahead = [], []
 
     def watch(driver):
         if not notes:
             notes.append(record_grants(driver.replay))
+        s = driver.schedule
+        # What the driver knows (the replay told it its count; the learners' counts it told the replay are no
+        # newer than these): the steps collected never run further than the ratios' limiters let them.
+        if s.env_steps > RANDOM:
+            ahead.append(tuple(s.env_steps - (RANDOM + lim.env_steps_allowed(RANDOM, updates))
+                               for lim, updates in ((s.model_limiter, s.model_updates),
+                                                    (s.policy_limiter, s.policy_updates))))
         notes[1:] = [notes[0]()]
 
     summary = train(cfg, progress=False, callbacks=[watch])
@@ -111,6 +117,9 @@ def test_workers_collect_on_their_own_within_the_ratios_and_never_below_the_mini
                  if not random and 0 < allowed < min(minimum, budget)]
     print(f"held back {len(held_back)} times; allowances:", sorted({allowed for allowed, _, _ in held_back}))
     assert held_back and all(steps == 0 for _, _, steps in held_back)
+    # The workers never ran past what the learners' progress allowed (≤ 0: within the tolerance).
+    print("steps past the model / policy limiter, largest:", max(a for a, _ in ahead), max(b for _, b in ahead))
+    assert ahead and all(a <= 0 and b <= 0 for a, b in ahead)
     # Every transition collected was acknowledged to the worker that sent it and reported to the driver,
     # and both workers collected.
     assert summary["acknowledged_in_session"] == sum(summary["worker_steps"].values()) == summary["env_steps"]

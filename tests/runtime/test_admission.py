@@ -93,16 +93,3 @@ def test_released_and_expired_reservations_stop_counting():
     assert a.reserved_steps() == 1
     a.release("alive")
     assert a.reserved_steps() == 0
-
-
-def test_learners_report_their_progress_mid_call_and_counts_never_go_back():
-    a = Admission(train_cfg(), tolerance=100)
-    a.update(WARMUP, 0, limit=10_000)
-    assert a.grant("w", RANDOM, 100) == Grant(100, False)
-    a.inserted("w", 100)
-    assert a.grant("w", RANDOM + 100, 100) == Grant(0, False)  # the learners have covered nothing yet
-    a.progress("model", WARMUP + 50)  # published mid-call: 100 more env steps covered by the model
-    a.progress("policy", 100)
-    assert a.grant("w", RANDOM + 100, 100) == Grant(100, False)
-    a.update(WARMUP, 0, limit=10_000)  # the driver's word from before those publications lowers nothing
-    assert (a.schedule.model_updates, a.schedule.policy_updates) == (WARMUP + 50, 100)

@@ -1,8 +1,7 @@
 """Admission: the replay's side of the ratios. Env workers ask it for their next chunk.
 
 Reverb puts its rate limiter in the replay; so do we. The driver tells the replay the
-learners' update counts (the learners also report theirs as they publish their weights, so
-workers collect while a learner call goes on) and the env step collection may run to (`Schedule.collection_limit`:
+learners' update counts and the env step collection may run to (`Schedule.collection_limit`:
 the budget, the next checkpoint, or the steps taken once the run stops); each env worker
 asks for a chunk before it collects one, and the replay grants it by the `Schedule`'s
 own rule (`next_chunk`) applied to its acknowledged count plus the steps it has granted
@@ -42,16 +41,10 @@ class Admission:
         self.ttl_s, self.clock = ttl_s, clock
 
     def update(self, model_updates: int, policy_updates: int, limit: int) -> None:
-        """The learners' update counts and the env step collection may run to, as the driver has them.
-        A learner's count only grows here: one it reported itself mid-call (`progress`) may be newer."""
-        self.progress("model", model_updates)
-        self.progress("policy", policy_updates)
+        """The learners' update counts and the env step collection may run to, as the driver has them."""
+        s = self.schedule
+        s.model_updates, s.policy_updates = int(model_updates), int(policy_updates)
         self.limit = int(limit)
-
-    def progress(self, learner: str, updates: int) -> None:
-        """`learner` ("model" or "policy") has done `updates` updates."""
-        name = f"{learner}_updates"
-        setattr(self.schedule, name, max(getattr(self.schedule, name), int(updates)))
 
     def grant(self, stream: str, inserted: int, want: int) -> Grant:
         """The next chunk of at most `want` steps for `stream`, given the replay's `inserted` count."""

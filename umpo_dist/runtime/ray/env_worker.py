@@ -27,7 +27,7 @@ from umpo_dist.runtime.ray.weights import WeightSubscriber
 
 RUN_CALL_S = 0.5  # a run call's longest span: how often the driver hears of episodes and counts
 INSERTS_IN_FLIGHT = 4  # chunks sent and not yet acknowledged, at most
-WAIT_S = (0.0005, 0.005)  # first and longest pause between asks while the learners are behind
+WAIT_S = (0.001, 0.02)  # first and longest pause between asks while the learners are behind
 
 
 @ray.remote(max_restarts=-1)

@@ -106,9 +106,6 @@ class _LearnerActor:
         if i % self.cfg.train.publish_every or i == num_updates:
             return False
         self.store.publish.remote(self.weights_name, self.learner.updates, self.learner.weights())
-        # The replay's admission hears of the progress now, not at the call's end: env workers collect the
-        # next chunk while this call goes on (with a tolerance of one chunk they would wait for its end).
-        self.replay.progress.remote(self.weights_name, self.learner.updates)
         return True
 
     def _result(self, rows: list[dict], started: float, data: Prefetcher, **extra) -> dict:
@@ -179,7 +176,6 @@ class PolicyLearnerActor(_LearnerActor):
                  cores: list[int] | None = None):
         """`cores`: run on these only (the core a small local machine keeps for it: `cluster.core_plan`)."""
         super().__init__(cfg, store, run_dir, cores)
-        self.replay = replay
         self.learner = build_objective(cfg, spec, self.device)
         self.model_weights = WeightSubscriber(store, "model")
         needs = self.learner.needs

@@ -17,8 +17,7 @@ class ReplayActor(DurableReplayBuffer):
     hold the cores. Given a run directory it logs each accepted chunk before
     acknowledging it, and a restart rebuilds it from the checkpoint and that log. A learner's
     next batches come in one call (`many`). Given an `admission`, env workers ask it for
-    their chunks (`reserve`) and the driver keeps it told of the learners' progress (`admit`; the
-    learners also report theirs as they publish, `progress`);
+    their chunks (`reserve`) and the driver keeps it told of the learners' progress (`admit`);
     a restarted replay grants nothing until the driver's next word.
     """
 
@@ -35,11 +34,6 @@ class ReplayActor(DurableReplayBuffer):
         """The learners' update counts and the env step collection may run to; returns the acknowledged total."""
         self._admission().update(model_updates, policy_updates, limit)
         return self.total_inserted
-
-    def progress(self, learner: str, updates: int) -> None:
-        """A learner's update count, mid-call ("model" or "policy"); the driver's next word agrees or is newer."""
-        if self.admission is not None:
-            self.admission.progress(learner, updates)
 
     def reserve(self, stream: str, want: int) -> Grant:
         return self._admission().grant(stream, self.total_inserted, want)
