@@ -82,7 +82,8 @@ class Schedule:
         the budget).
         """
         planned = self.env_steps + in_flight_steps
-        budget = min(self.cfg.total_env_steps, limit if limit is not None else self.cfg.total_env_steps) - planned
+        total = self.cfg.total_env_steps
+        budget = (total if limit is None else min(limit, total)) - planned
         if budget <= 0:
             return None
         if planned < self.cfg.random_steps:
@@ -159,7 +160,7 @@ class Schedule:
         `collection_limit`); the run's last checkpoint is written at its end, not here."""
         due = self.next_checkpoint
         total = self.cfg.total_env_steps
-        return due is not None and due < total and self.env_steps < total and self.env_steps >= due
+        return due is not None and due <= self.env_steps < total
 
     def checkpoint_written(self) -> None:
         every = self.cfg.checkpoint_every

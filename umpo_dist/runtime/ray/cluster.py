@@ -22,6 +22,7 @@ _affinity_before_pinning: set[int] | None = None  # this process's cores before 
 def init_ray(cfg: Config, address: str | None = None) -> None:
     """Join `address` (or `RAY_ADDRESS`), else start a local cluster of our own with this machine's
     real CPU count (the actors' requests are fitted to it: `cpu_requests`)."""
+    global _affinity_before_pinning
     if ray.is_initialized():
         return
     _started.clear()
@@ -34,7 +35,6 @@ def init_ray(cfg: Config, address: str | None = None) -> None:
     cpus = os.cpu_count() or 1
     plan = core_plan() if cfg.resources.pin_policy_core else None
     if plan is not None:  # Ray's daemons and every worker process inherit this: all but the policy learner's core
-        global _affinity_before_pinning
         _affinity_before_pinning = _affinity_before_pinning or os.sched_getaffinity(0)
         os.sched_setaffinity(0, plan[1])
         log.info("small machine: core %d kept for the policy learner, cores %s for the rest", plan[0][0], plan[1])

@@ -70,8 +70,7 @@ class EnvWorker:
         something (the driver then learns the new count at once), or after `max_seconds`;
         it waits for every acknowledgement and reports what was collected.
         """
-        started = time.perf_counter()
-        deadline = started + max_seconds
+        deadline = time.perf_counter() + max_seconds
         acknowledged, busy, delay = self.sender.acknowledged, 0.0, WAIT_S[0]
         episodes, versions, sent = [], [], 0
         self._refresh()
