@@ -29,6 +29,12 @@ TASK_ORDER = ("InvertedPendulum-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5
 # The return each task's "time to threshold" column asks for: solved (InvertedPendulum), or a
 # level every compared method reaches on these budgets in the published anchors (design §6).
 THRESHOLDS = {"InvertedPendulum-v5": 900.0, "HalfCheetah-v5": 3000.0, "Hopper-v5": 1000.0, "Walker2d-v5": 1000.0}
+# The methods compared side by side (design §3): per task, the config variant the other objectives ran on
+# (its own rows are the mean–variance objective), and what each objective adds to that variant's name.
+METHOD_BASES = {"InvertedPendulum-v5": "unaligned", "HalfCheetah-v5": "aligned",
+                "Hopper-v5": "aligned+train.eval_every=2500"}
+METHODS = (("mean–variance", ""), ("mnm", "policy.objective=mnm"),
+           ("dyna", "policy.objective=dyna,train.policy_updates_per_step=5"))
 
 
 def read(name: str) -> list[dict]:
@@ -78,7 +84,8 @@ def to_threshold(seeds: dict, threshold: float) -> str:
     return f"{steps:,.0f} steps, {wall / 60:.1f} min ({len(reached)}/{len(hits)})"
 
 
-def plot(env: str, groups: dict) -> str | None:
+def plot(env: str, groups: dict, name: str | None = None, labels: dict | None = None) -> str | None:
+    """Mean curves of `groups` into docs/img/learning_<task>[_<name>].png; `labels`: legend text per group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +98,8 @@ def plot(env: str, groups: dict) -> str | None:
         for step in steps:
             vals = [ret for curve in seeds.values() for s, ret, _ in curve if s == step]
             means.append(statistics.fmean(vals))
-        ax.plot(steps, means, "o-", markersize=3, label=f"{variant} / {runtime} / {term} (n={len(seeds)})")
+        label = (labels or {}).get((variant, runtime, term), f"{variant} / {runtime} / {term}")
+        ax.plot(steps, means, "o-", markersize=3, label=f"{label} (n={len(seeds)})")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return (mean over seeds)")
     ax.set_title(env)
@@ -99,7 +107,7 @@ def plot(env: str, groups: dict) -> str | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     IMG.mkdir(parents=True, exist_ok=True)
-    path = IMG / f"learning_{env.split('-')[0].lower()}.png"
+    path = IMG / f"learning_{env.split('-')[0].lower()}{'_' + name if name else ''}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path.relative_to(DOC.parent))
@@ -175,6 +183,56 @@ def learning_section(rows: list[dict], anchors: list[dict] | None = None) -> lis
             for command in sorted(commands[key]):
                 lines.append(f"- `{command}`")
         lines.append("")
+    return lines
+
+
+def method_variant(base: str, extra: str) -> str:
+    """The name `benchmarks/learning.py` gives a run of variant `base` with the overrides `extra` added."""
+    return base if not extra else base + ("," if "+" in base else "+") + extra
+
+
+def methods_section(rows: list[dict], anchors: list[dict]) -> list[str]:
+    """Per task: the objectives on one config, the model-free peer and the published anchors, side by side."""
+    grouped = runs(rows)
+    lines = ["## Methods side by side", "",
+             "The three objectives on the same model, replay and runtime (design §3) — mean–variance (the shipped "
+             "objective), `mnm` (Mismatched No More's classifier bound) and `dyna` (MBPO: SAC on model "
+             "transitions) — each on the task's config named below, beside the model-free SAC peer "
+             "(Stable-Baselines3) on the same protocol and the published anchors. Cells as above; the last "
+             "column: env steps and wall-clock to the task's threshold. Wall-clock is comparable only between rows "
+             "measured in the same session (the `commit` column of `learning.csv`): the machines' CPUs differed.", ""]
+    for env, base in METHOD_BASES.items():
+        threshold = THRESHOLDS[env]
+        picked: dict = {}
+        labels: dict = {}
+        for method, extra in METHODS:
+            name = method_variant(base, extra)
+            for key in sorted(k for k in grouped if k[0] == env and k[1] == name):
+                picked[key[1:]], labels[key[1:]] = grouped[key], f"{method} / {key[2]}"
+        for key in sorted(k for k in grouped if k[0] == env and k[2] == "sb3"):
+            picked[key[1:]], labels[key[1:]] = grouped[key], "SAC (SB3)"
+        if not picked:
+            continue
+        lines += [f"### {env} (config variant `{base}`)", "",
+                  "| method | runtime | termination | " + " | ".join(f"{b // 1000}k" for b in BUDGETS)
+                  + f" | to {threshold:,.0f} |", "|---|---|---|" + "---|" * (len(BUDGETS) + 1)]
+        means: dict = defaultdict(dict)
+        for key, seeds in picked.items():
+            cells = []
+            for b in BUDGETS:
+                vals = [(p[1], p[2]) for curve in seeds.values() if (p := at_budget(curve, b)) is not None]
+                cells.append(cell(vals))
+                if vals:
+                    means[b][labels[key]] = statistics.fmean(v for v, _ in vals)
+            lines.append(f"| {labels[key].split(' / ')[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + f" | {to_threshold(seeds, threshold)} |")
+        lines += anchor_lines(env, anchors, True)
+        lines += ["", "Highest mean at each budget: " + "; ".join(
+            f"{b // 1000}k: {max(means[b], key=means[b].get)} ({max(means[b].values()):,.0f}; runner-up "
+            + (f"{sorted(means[b].values())[-2]:,.0f}" if len(means[b]) > 1 else "none") + ")"
+            for b in BUDGETS if means[b]) + ".", ""]
+        png = plot(env, picked, "methods", labels)
+        if png:
+            lines += [f"![{env}: methods side by side]({png})", ""]
     return lines
 
 
@@ -256,6 +314,7 @@ def main() -> None:
     lines = ["# Results", "",
              "Generated by `benchmarks/report.py` from `benchmarks/results/*.csv`; do not edit by hand.", ""]
     lines += learning_section(read("learning.csv"), read("anchors.csv"))
+    lines += methods_section(read("learning.csv"), read("anchors.csv"))
     lines += diagnostics_section(read("learning.csv"))
     lines += runtime_section(read("runtime.csv"))
     DOC.parent.mkdir(parents=True, exist_ok=True)

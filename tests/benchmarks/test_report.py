@@ -1,0 +1,59 @@
+"""`benchmarks/report.py`: the methods side by side, built only from the rows of the compared runs."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import report  # noqa: E402
+
+
+def curve_rows(env: str, variant: str, runtime: str, term: str, seed: int, curve: list) -> list[dict]:
+    return [{"env": env, "variant": variant, "runtime": runtime, "termination": term, "seed": str(seed),
+             "commit": "abc", "env_steps": str(step), "eval_return": str(ret), "wall_s": str(wall)}
+            for step, ret, wall in curve]
+
+
+def test_methods_side_by_side_pick_each_objective_on_the_tasks_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "DOC", tmp_path / "results.md")
+    monkeypatch.setattr(report, "IMG", tmp_path / "img")
+    env, base = "Hopper-v5", report.METHOD_BASES["Hopper-v5"]
+    rows = []
+    for seed, top in ((0, 900.0), (1, 1100.0)):  # mean–variance: 1,100 reaches the threshold at 20k only
+        rows += curve_rows(env, base, "inline", "learned", seed, [(5000, 100.0, 60), (10000, 300.0, 120), (20000, top, 240)])
+    rows += curve_rows(env, report.method_variant(base, "policy.objective=mnm"), "inline", "learned", 0,
+                       [(5000, 400.0, 60), (10000, 1200.0, 120), (20000, 800.0, 240)])
+    rows += curve_rows(env, report.method_variant(base, report.METHODS[2][1]), "ray", "learned", 0,
+                       [(5000, 50.0, 30), (10000, 60.0, 60)])
+    rows += curve_rows(env, "sac", "sb3", "model-free", 0, [(5000, 10.0, 5), (10000, 20.0, 10), (20000, 30.0, 20)])
+    # neither one of the objectives on the task's config nor the peer: not in the comparison
+    rows += curve_rows(env, base + ",policy.gamma=0.995", "inline", "learned", 0, [(5000, 5000.0, 60)])
+    rows += curve_rows("Walker2d-v5", "aligned", "inline", "learned", 0, [(5000, 7.0, 60)])
+
+    lines = report.methods_section(rows, [])
+
+    table = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
+    assert table == [
+        "| mean–variance | inline | learned | 100 ± 0 (n=2, 1.0 min) | 300 ± 0 (n=2, 2.0 min) "
+        "| 1,000 ± 141 (n=2, 4.0 min) | 20,000 steps, 4.0 min (1/2) |",
+        "| mnm | inline | learned | 400 (n=1, 1.0 min) | 1,200 (n=1, 2.0 min) | 800 (n=1, 4.0 min) "
+        "| 10,000 steps, 2.0 min (1/1) |",
+        "| dyna | ray | learned | 50 (n=1, 0.5 min) | 60 (n=1, 1.0 min) | – | not reached (0/1) |",
+        "| SAC (SB3) | sb3 | model-free | 10 (n=1, 0.1 min) | 20 (n=1, 0.2 min) | 30 (n=1, 0.3 min) "
+        "| not reached (0/1) |",
+    ]
+    assert f"### {env} (config variant `{base}`)" in lines
+    assert not any(line.startswith("### Walker2d") for line in lines)  # not a compared task
+    best = next(line for line in lines if line.startswith("Highest mean"))
+    assert best == ("Highest mean at each budget: 5k: mnm / inline (400; runner-up 100); "
+                    "10k: mnm / inline (1,200; runner-up 300); 20k: mean–variance / inline (1,000; runner-up 800).")
+    assert (tmp_path / "img" / "learning_hopper_methods.png").stat().st_size > 0
+    assert "![Hopper-v5: methods side by side](img/learning_hopper_methods.png)" in lines
+
+
+def test_a_task_without_compared_runs_has_no_section(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "DOC", tmp_path / "results.md")
+    monkeypatch.setattr(report, "IMG", tmp_path / "img")
+    rows = curve_rows("Hopper-v5", "shipped", "inline", "learned", 0, [(5000, 100.0, 60)])
+    assert not any(line.startswith("###") for line in report.methods_section(rows, []))
