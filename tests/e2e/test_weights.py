@@ -270,3 +270,32 @@ def test_policy_learner_takes_a_newer_model_within_a_call(local_ray):
     ray.get(store.publish.remote("model", 2, build_ensemble(spec, cfg.model).state_dict()))
     # 19 looks in 100 updates: the store answers the first within milliseconds
     assert ray.get(learner.train.remote(100))["model_version"] == 2
+
+
+def test_env_worker_looks_for_policy_weights_by_the_clock_not_every_step(local_ray):
+    """Within a call a worker polls the weight store at most every `WEIGHT_POLL_S`, however many steps it takes
+    meanwhile: with steps 4 ms apart on its clock and 10 ms between looks, every third step looks (the first at
+    once), so 100 steps look 34 times, 12 ms apart."""
+    import numpy as np
+
+    from test_distributed import FAST, ip_config
+    from umpo_dist.envs.spec import env_spec
+    from umpo_dist.runtime.ray import env_worker
+
+    assert env_worker.WEIGHT_POLL_S == 0.01
+    cfg = ip_config(*FAST)
+    spec = env_spec(cfg.env.id)
+    worker = env_worker.EnvWorker.options(num_cpus=0.25).remote(cfg, spec, 0, None, WeightStoreActor.remote())
+
+    def steps_and_looks(self, steps: int, dt: float) -> list:
+        now, looks = [0.0], []
+        self._clock = lambda: now[0]
+        self.policy_weights.poll = lambda: looks.append(now[0])  # None: nothing newer
+        for k in range(1, steps + 1):
+            now[0] = k * dt
+            assert self._act(np.zeros((1, spec.obs_dim), np.float32)).shape == (1, spec.action_dim)
+        return looks
+
+    looks = ray.get(worker.__ray_call__.remote(steps_and_looks, 100, 0.004))
+    assert len(looks) == 34 and looks[0] == pytest.approx(0.004)
+    assert np.allclose(np.diff(looks), 0.012)

@@ -2,9 +2,10 @@
 
 It asks the replay for each chunk (the replay paces the workers by the learners'
 progress: `runtime/admission.py`) and sends it without waiting for the one before to be
-acknowledged. It looks for newer policy weights at the start of each call and every
-`train.publish_every` steps within it (a non-blocking poll of the weight store), so a
-chunk is not collected with a policy older than the learner's last few publications.
+acknowledged. It looks for newer policy weights at the start of each call and, within
+it, at most every `WEIGHT_POLL_S` (a non-blocking poll of the weight store): far more
+often than a learner publishes (every `train.publish_every` updates, tens of ms each),
+and far less often than a step, whose batched inference costs less than one look.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from umpo_dist.runtime.ray.weights import WeightSubscriber
 RUN_CALL_S = 0.5  # a run call's longest span: how often the driver hears of episodes and counts
 INSERTS_IN_FLIGHT = 4  # chunks sent and not yet acknowledged, at most
 WAIT_S = (0.001, 0.02)  # first and longest pause between asks while the learners are behind
+WEIGHT_POLL_S = 0.01  # the shortest pause between looks for newer policy weights within a call
 
 
 @ray.remote(max_restarts=-1)
@@ -46,17 +48,17 @@ class EnvWorker:
         self.sender = ChunkSender(replay, self.stream, window=INSERTS_IN_FLIGHT)
         self.policy_weights = WeightSubscriber(store, "policy")
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.refresh_every = cfg.train.publish_every
-        self._acted = 0
+        self._clock = time.perf_counter
+        self._next_poll = 0.0
 
     def _refresh(self) -> None:
+        self._next_poll = self._clock() + WEIGHT_POLL_S
         weights = self.policy_weights.poll()
         if weights is not None:
             self.policy.load_state_dict(weights)
 
     def _act(self, obs):
-        self._acted += 1
-        if self._acted % self.refresh_every == 0:
+        if self._clock() >= self._next_poll:
             self._refresh()
         return self.policy.act(obs)
 
