@@ -63,6 +63,11 @@ def at_budget(curve: list[tuple[int, float, float]], budget: int):
     return before[-1] if before else None
 
 
+def budget_points(seeds: dict, budget: int) -> list[tuple[float, float]]:
+    """(return, wall-clock) of each seed's evaluation at `budget` (`at_budget`), over the seeds that got there."""
+    return [(p[1], p[2]) for curve in seeds.values() if (p := at_budget(curve, budget)) is not None]
+
+
 def cell(values: list[tuple[float, float]]) -> str:
     if not values:
         return "–"
@@ -161,8 +166,7 @@ def learning_section(rows: list[dict], anchors: list[dict] | None = None) -> lis
         for (variant, runtime, term), seeds in sorted(groups.items()):
             cells = []
             for b in BUDGETS:
-                vals = [(p[1], p[2]) for curve in seeds.values() if (p := at_budget(curve, b)) is not None]
-                cells.append(cell(vals))
+                cells.append(cell(budget_points(seeds, b)))
             if threshold is not None:
                 cells.append(to_threshold(seeds, threshold))
             lines.append(f"| {variant} | {runtime} | {term} | " + " | ".join(cells) + " |")
@@ -220,11 +224,12 @@ def methods_section(rows: list[dict], anchors: list[dict]) -> list[str]:
         for key, seeds in picked.items():
             cells = []
             for b in BUDGETS:
-                vals = [(p[1], p[2]) for curve in seeds.values() if (p := at_budget(curve, b)) is not None]
+                vals = budget_points(seeds, b)
                 cells.append(cell(vals))
                 if vals:
                     means[b][labels[key]] = statistics.fmean(v for v, _ in vals)
-            lines.append(f"| {labels[key].split(' / ')[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + f" | {to_threshold(seeds, threshold)} |")
+            lines.append(f"| {labels[key].split(' / ')[0]} | {key[1]} | {key[2]} | " + " | ".join(cells)
+                         + f" | {to_threshold(seeds, threshold)} |")
         lines += anchor_lines(env, anchors, True)
         lines += ["", "Highest mean at each budget: " + "; ".join(
             f"{b // 1000}k: {max(means[b], key=means[b].get)} ({max(means[b].values()):,.0f}; runner-up "
@@ -249,7 +254,7 @@ def base_of(variant: str, runtime: str, term: str, groups: dict):
 
 def ablation_rows(groups: dict) -> list[str]:
     def mean_at(seeds, b):
-        vals = [p[1] for curve in seeds.values() if (p := at_budget(curve, b)) is not None]
+        vals = [ret for ret, _ in budget_points(seeds, b)]
         return statistics.fmean(vals) if vals else None
 
     out = []
