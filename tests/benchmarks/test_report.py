@@ -39,7 +39,8 @@ def test_methods_side_by_side_pick_each_objective_on_the_tasks_config(tmp_path, 
         "| 1,000 ± 141 (n=2, 4.0 min) | 20,000 steps, 4.0 min (1/2) |",
         "| mnm | inline | learned | 400 (n=1, 1.0 min) | 1,200 (n=1, 2.0 min) | 800 (n=1, 4.0 min) "
         "| 10,000 steps, 2.0 min (1/1) |",
-        "| dyna | ray | learned | 50 (n=1, 0.5 min) | 60 (n=1, 1.0 min) | – | not reached (0/1) |",
+        "| dyna | ray | learned | 50 (n=1, 0.5 min) | 60 (n=1, 1.0 min) | – "
+        "| not reached (0/0; 1 shorter run not counted) |",
         "| SAC (SB3) | sb3 | model-free | 10 (n=1, 0.1 min) | 20 (n=1, 0.2 min) | 30 (n=1, 0.3 min) "
         "| not reached (0/1) |",
     ]
@@ -50,6 +51,17 @@ def test_methods_side_by_side_pick_each_objective_on_the_tasks_config(tmp_path, 
                     "10k: mnm / inline (1,200; runner-up 300); 20k: mean–variance / inline (1,000; runner-up 800).")
     assert (tmp_path / "img" / "learning_hopper_methods.png").stat().st_size > 0
     assert "![Hopper-v5: methods side by side](img/learning_hopper_methods.png)" in lines
+
+
+def test_time_to_threshold_counts_a_shorter_run_only_if_it_reached_the_threshold():
+    # seed: [(env steps, return, wall s)]; the budget is 20k
+    seeds = {0: [(5000, 100.0, 60), (10000, 1200.0, 120), (20000, 900.0, 240)],  # reached at 10k
+             1: [(5000, 100.0, 60), (10000, 200.0, 120), (20000, 300.0, 240)],  # ran the whole budget, never
+             2: [(5000, 1500.0, 50), (10000, 200.0, 100)],  # stopped at 10k, reached at 5k: counted
+             3: [(5000, 100.0, 60), (10000, 200.0, 120)]}  # stopped at 10k without reaching it: says nothing
+    assert report.to_threshold(seeds, 1000.0) == "7,500 steps, 1.4 min (2/3; 1 shorter run not counted)"
+    assert report.to_threshold({1: seeds[1]}, 1000.0) == "not reached (0/1)"
+    assert report.to_threshold({3: seeds[3], 4: seeds[3]}, 1000.0) == "not reached (0/0; 2 shorter runs not counted)"
 
 
 def test_a_task_without_compared_runs_has_no_section(tmp_path, monkeypatch):
