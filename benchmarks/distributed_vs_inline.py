@@ -24,7 +24,9 @@ evaluation of the policy as it stands).
 
 Rows go to `benchmarks/results/runtime.csv` (ray's figure as the value, inline's as the
 baseline, their ratio): wall-clock and env steps to the target, and the Ray run's
-utilisation of the policy learner (share of wall-clock inside updates since its first call).
+utilisation of the policy learner (share of wall-clock inside updates since its first call), and
+the milliseconds per policy update in each runtime, the update's compute alone (`UpdateTimer`):
+the Ray actor's against the inline runner's.
 
 Everything is written to a temp working directory (runs/, MLflow's SQLite store via
 `MLFLOW_TRACKING_URI`), removed at the end unless `--keep`.
@@ -153,6 +155,20 @@ def fmt_s(x) -> str:
     return f"{x:.1f}" if x is not None else "-"
 
 
+
+def update_ms(results: dict) -> list[dict]:
+    """Print each learner's milliseconds per update (the update's compute alone) in both runtimes;
+    the policy learner's as a row (ray actor vs inline)."""
+    ms = {runtime: results[runtime]["summary"].get("update_ms", {}) for runtime in ("inline", "ray")}
+    roles = [role for role in sorted(ms["ray"]) if role in ms["inline"]]
+    print("  ms per update, the update's compute only (ray actor / inline): "
+          + ", ".join(f"{role} {ms['ray'][role]:.1f} / {ms['inline'][role]:.1f}" for role in roles))
+    if "policy_learner" not in roles:
+        return []
+    r, i = ms["ray"]["policy_learner"], ms["inline"]["policy_learner"]
+    return [{"figure": "ms per policy update, compute only (ray actor vs inline)", "value": f"{r:.1f}",
+             "baseline": f"{i:.1f}", "ratio": f"{r / i:.2f}"}]
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=0)
@@ -244,6 +260,7 @@ def main() -> None:
     use = pendulum["ray"]["summary"].get("utilisation", {})
     print("  ray utilisation (share of wall-clock in useful work since each role's first call): "
           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(use.items())))
+    update_ms_rows = update_ms(pendulum)
     di, dr = pendulum["inline"].get("to_target_s"), pendulum["ray"].get("to_target_s")
     settings = "".join(f"; {o}" for o in args.overrides)  # a row's label names the settings it ran with
     bench = f"distributed_vs_inline (InvertedPendulum-v5 to {args.target:g}, seed {args.seed}, {os.cpu_count()} cores{settings})"
@@ -260,6 +277,7 @@ def main() -> None:
         print(f"ratio distributed/inline: not available (a run did not reach {args.target:g})")
         rows.append({"benchmark": bench, "figure": "reached target (ray, inline)",
                      "value": dr is not None, "baseline": di is not None, "ratio": ""})
+    rows += [{"benchmark": bench, **row} for row in update_ms_rows]
     if "policy_learner" in use:
         rows.append({"benchmark": bench, "figure": "policy learner utilisation (ray)",
                      "value": f"{use['policy_learner']:.2f}", "baseline": "", "ratio": ""})
@@ -280,6 +298,7 @@ def main() -> None:
                   f"{s['wall_s']:>9.1f}{s['best_return']:>13.1f}{s['final_return']:>9.1f}")
         bi, br = cheetah["inline"]["summary"]["best_return"], cheetah["ray"]["summary"]["best_return"]
         print(f"best return distributed - inline: {br - bi:+.1f}")
+        cheetah_ms_rows = update_ms(cheetah)
         if args.halfcheetah_steps:
             si, sr = cheetah["inline"]["summary"], cheetah["ray"]["summary"]
             hc = (f"distributed_vs_inline (HalfCheetah-v5, {args.halfcheetah_steps} env steps, seed {args.seed}, "
@@ -290,6 +309,7 @@ def main() -> None:
                       "baseline": f"{si['best_return']:.1f}", "ratio": ""},
                      {"benchmark": hc, "figure": "loop wall-clock s (ray vs inline)", "value": f"{sr['wall_s']:.1f}",
                       "baseline": f"{si['wall_s']:.1f}", "ratio": f"{sr['wall_s'] / si['wall_s']:.2f}"}]
+            rows += [{"benchmark": hc, **row} for row in cheetah_ms_rows]
             if "policy_learner" in sr.get("utilisation", {}):
                 rows.append({"benchmark": hc, "figure": "policy learner utilisation (ray)",
                              "value": f"{sr['utilisation']['policy_learner']:.2f}", "baseline": "", "ratio": ""})

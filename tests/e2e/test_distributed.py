@@ -69,6 +69,10 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
     for role in ("policy_learner", "model_learner"):  # blocked on the replay: part of the busy time
         assert 0.0 <= use[f"{role}_data_wait"] <= use[role], use
 
+    # Milliseconds per gradient update, the compute alone, as each learner actor timed and reported it.
+    assert set(summary["update_ms"]) == {"policy_learner", "model_learner"}, summary["update_ms"]
+    assert all(ms > 0 for ms in summary["update_ms"].values()), summary["update_ms"]
+
     client = MlflowClient()
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
@@ -79,7 +83,7 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
                 "policy/value_loss", "policy/entropy", "rate/env_steps_per_s", "rate/model_updates_per_s",
                 "rate/policy_updates_per_s", "staleness/policy_versions", "staleness/model_versions",
                 "utilisation/policy_learner", "utilisation/model_learner", "utilisation/env_workers",
-                "utilisation/policy_learner_data_wait",
+                "utilisation/policy_learner_data_wait", "update_ms/policy_learner", "update_ms/model_learner",
                 # the model diagnostics, computed in the evaluation task from the published model
                 "diagnostics/calibration_error", "diagnostics/spread_error_corr", "diagnostics/gap_share",
                 "diagnostics/imagined_return", "diagnostics/real_return", "diagnostics/member_spread"):

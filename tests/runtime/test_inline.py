@@ -17,7 +17,8 @@ def test_inline_runner_solves_inverted_pendulum_within_5000_steps():
     cfg = config.load(ROOT / "configs" / "inverted_pendulum.yaml",
                       ["runtime=inline", "train.total_env_steps=5000", "train.stop_at_return=900", "train.seed=0"])
     logged = []
-    summary = InlineRunner(cfg, lambda m, step: logged.append((step, m))).run()
+    runner = InlineRunner(cfg, lambda m, step: logged.append((step, m)))
+    summary = runner.run()
     assert summary["evaluations"][0][0] == 0
     assert summary["evaluations"][0][1] < 100  # the initial policy drops the pole quickly
     assert summary["best_return"] >= 900, summary["evaluations"]
@@ -26,6 +27,11 @@ def test_inline_runner_solves_inverted_pendulum_within_5000_steps():
     assert abs(summary["model_ratio"] - 0.5) < 0.01
     assert abs(summary["policy_ratio"] - 1.0) < 0.01
     assert any("model/val_nll" in m for _, m in logged)
+    # Every gradient update was timed, under its learner's name (the figures: benchmarks/distributed_vs_inline.py).
+    assert dict(runner.timer.count) == {"model_learner": summary["model_updates"],
+                                        "policy_learner": summary["policy_updates"]}
+    assert set(summary["update_ms"]) == {"model_learner", "policy_learner"}
+    assert all(ms > 0 for ms in summary["update_ms"].values()), summary["update_ms"]
 
 
 # -- Ctrl-C and resume through `train` -------------------------------------------------------------------

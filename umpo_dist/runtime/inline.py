@@ -22,6 +22,7 @@ from umpo_dist.objectives import build_objective
 from umpo_dist.diagnostics.watch import ExploitationWatch
 from umpo_dist.runtime.evaluation_round import evaluation_round, record_round
 from umpo_dist.runtime.schedule import Schedule
+from umpo_dist.runtime.update_timer import UpdateTimer
 
 LogFn = Callable[[dict, int], None]
 
@@ -40,6 +41,7 @@ class InlineRunner:
         self.collector = EnvCollector(cfg.env.id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
         self.schedule = Schedule(cfg.train, watch=ExploitationWatch(cfg.diagnostics.warn_margin, cfg.diagnostics.warn_after))
         self.devices = {"model_learner": "cpu", "policy_learner": "cpu"}
+        self.timer = UpdateTimer()  # seconds inside each learner's gradient updates, as in the Ray runtime
         self.callbacks: list[Callable[["InlineRunner"], None]] = []  # called once per round
         self.on_best = None  # (weights, step, return) of each evaluation that beats the earlier ones
         self.on_warning = None  # (step, text) of each model-exploitation warning
@@ -82,7 +84,7 @@ class InlineRunner:
         if allowed:
             ml.refresh_statistics(self.replay.statistics)
         for _ in range(allowed):
-            metrics = ml.update(self.replay.sample(cfg.model.batch_size))
+            metrics = self.timer.run("model_learner", ml.update, self.replay.sample(cfg.model.batch_size))
             if ml.validation_due:
                 metrics.update(ml.validate(self.replay.holdout_batch(cfg.model.holdout_capacity)))
             self.schedule.model_updates = ml.updates
@@ -94,7 +96,7 @@ class InlineRunner:
         objective = self.objective
         metrics: dict = {}
         for _ in range(self.schedule.policy_updates_allowed()):
-            metrics = objective.update(self.replay.sample_for(objective.needs))
+            metrics = self.timer.run("policy_learner", objective.update, self.replay.sample_for(objective.needs))
             self.schedule.policy_updates = objective.updates
         if metrics and self.model_learner.classifier is not None:  # mnm.model_realism: the newest classifier
             self.model_learner.set_classifier_weights(objective.shared_weights()["classifier"], objective.updates)
@@ -131,4 +133,4 @@ class InlineRunner:
                 s.checkpoint_written()
         if s.final_eval_needed():
             self.evaluate()
-        return s.summary(time.perf_counter() - start)
+        return {**s.summary(time.perf_counter() - start), "update_ms": self.timer.ms_per_update()}

@@ -36,6 +36,7 @@ from umpo_dist.runtime.ray.weights import WeightStoreActor
 from umpo_dist.runtime.admission import Admission
 from umpo_dist.runtime.evaluation_round import record_round
 from umpo_dist.runtime.schedule import Call, Schedule
+from umpo_dist.runtime.update_timer import UpdateTimer
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[dict, int], None]
@@ -87,6 +88,7 @@ class Driver:
         self._progress_mark = (None, time.monotonic())  # (counters, when they last changed)
         self._down: dict[tuple[str, int], float] = {}  # failed actors: (kind, index) -> when to call again
         self.busy: Counter = Counter()  # seconds inside useful work, by role ("worker" summed over workers)
+        self.timer = UpdateTimer()  # the learners' seconds inside gradient updates, as they report them
         self.data_wait: Counter = Counter()  # of those, seconds a learner was blocked on replay answers
         self.busy_since: dict[str, float] = {}  # when each role's first call was issued
         self.failures: Counter = Counter()  # actor deaths seen, by role
@@ -188,6 +190,7 @@ class Driver:
         return {
             **s.summary(end - start),
             "utilisation": self._utilisation(end),
+            "update_ms": self.timer.ms_per_update(),
             "policy_versions_used": len(self.policy_versions_used),
             "worker_nodes": sorted(set(self.worker_nodes.values())),
             "worker_steps": dict(self.worker_steps),
@@ -297,6 +300,8 @@ class Driver:
         self._down.pop((kind, index), None)
         self.busy[kind] += result.get("busy_s", 0.0)
         self.data_wait[kind] += result.get("data_wait_s", 0.0)
+        if result.get("updates_timed"):
+            self.timer.add(f"{kind}_learner", result["update_s"], result["updates_timed"])
         if result.get("restarted"):
             self.recoveries[kind] += 1
             log.warning("actor %s is back after a restart", role)
@@ -345,6 +350,7 @@ class Driver:
         for name, lags in self._staleness.items():
             rates[f"staleness/{name}_versions"] = float(np.mean(lags))
         rates.update({f"utilisation/{role}": share for role, share in self._utilisation(now).items()})
+        rates.update({f"update_ms/{role}": ms for role, ms in self.timer.ms_per_update().items()})
         self.log({**self._metrics, **rates}, s.env_steps)
         if progress:
             progress.update(s.env_steps, s.evaluations[-1][1] if s.evaluations else None, rates)

@@ -7,7 +7,8 @@ updates and at the end of every call, so that env workers act with a policy, and
 policy learner imagines with a model, at most about that many updates old (the policy
 learner looks for a newer model as often). Each call reports the
 seconds it spent inside updates (`busy_s`), of which it waited for replay answers
-(`data_wait_s`), from which the driver logs utilisation and data waits.
+(`data_wait_s`) and computed gradient updates (`update_s`, over `updates_timed`), from which
+the driver logs utilisation, data waits and milliseconds per update.
 Ray restarts a learner that died; it comes back with its optimiser state from the
 run's last checkpoint and the newest weights it had published.
 """
@@ -29,6 +30,7 @@ from umpo_dist.objectives import build_objective
 from umpo_dist.runtime.ray.cluster import assigned_cpus, pin_to
 from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry, was_restarted
 from umpo_dist.runtime.ray.weights import WeightSubscriber, publish
+from umpo_dist.runtime.update_timer import UpdateTimer
 
 
 class Prefetcher:
@@ -85,6 +87,10 @@ class _LearnerActor:
         self.device = select_device(ray.get_gpu_ids())
         self.cfg, self.store, self.run_dir = cfg, store, run_dir
         self.restarted = was_restarted()
+        self.timer = UpdateTimer()
+
+    def _update(self, batch) -> dict:
+        return self.timer.run("update", self.learner.update, batch)
 
     def _restore(self) -> None:
         """After a restart: optimiser and the rest from the last checkpoint, then the newest published weights."""
@@ -112,8 +118,10 @@ class _LearnerActor:
         busy_s = time.perf_counter() - started
         publish(self.store, self.weights_name, self.learner.updates, self.learner.weights())
         restarted, self.restarted = self.restarted, False
+        update_s, updates_timed = self.timer.take("update")
         return {"updates": self.learner.updates, "metrics": _mean_metrics(rows), "restarted": restarted,
-                "busy_s": busy_s, "data_wait_s": data.take_waited(), **extra}
+                "busy_s": busy_s, "data_wait_s": data.take_waited(), "update_s": update_s,
+                "updates_timed": updates_timed, **extra}
 
     def device_name(self) -> str:
         return str(self.device)
@@ -156,7 +164,7 @@ class ModelLearnerActor(_LearnerActor):
         self.learner.refresh_statistics(lambda: call_with_retry(lambda: self.replay.statistics.remote(), "replay statistics"))
         rows = []
         for i in range(1, num_updates + 1):
-            metrics = self.learner.update(self.batches.next())
+            metrics = self._update(self.batches.next())
             if self.learner.validation_due:
                 holdout = call_with_retry(lambda: self.replay.holdout_batch.remote(self.cfg.model.holdout_capacity),
                                           "replay holdout")
@@ -198,7 +206,7 @@ class PolicyLearnerActor(_LearnerActor):
         self._take_model(weights)
         rows = []
         for i in range(1, num_updates + 1):
-            rows.append(self.learner.update(self.data.next()))
+            rows.append(self._update(self.data.next()))
             if self._publish_within(i, num_updates):
                 self._take_model(self.model_weights.poll())  # a newer model, if the store has one (never waits)
         shared = getattr(self.learner, "shared_weights", None)  # an objective's weights other learners use
