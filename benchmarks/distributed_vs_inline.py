@@ -155,7 +155,6 @@ def fmt_s(x) -> str:
     return f"{x:.1f}" if x is not None else "-"
 
 
-
 def update_ms(results: dict) -> list[dict]:
     """Print each learner's milliseconds per update (the update's compute alone) in both runtimes;
     the policy learner's as a row (ray actor vs inline)."""
@@ -168,6 +167,7 @@ def update_ms(results: dict) -> list[dict]:
     r, i = ms["ray"]["policy_learner"], ms["inline"]["policy_learner"]
     return [{"figure": "ms per policy update, compute only (ray actor vs inline)", "value": f"{r:.1f}",
              "baseline": f"{i:.1f}", "ratio": f"{r / i:.2f}"}]
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

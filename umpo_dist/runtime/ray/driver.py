@@ -88,8 +88,8 @@ class Driver:
         self._progress_mark = (None, time.monotonic())  # (counters, when they last changed)
         self._down: dict[tuple[str, int], float] = {}  # failed actors: (kind, index) -> when to call again
         self.busy: Counter = Counter()  # seconds inside useful work, by role ("worker" summed over workers)
-        self.timer = UpdateTimer()  # the learners' seconds inside gradient updates, as they report them
         self.data_wait: Counter = Counter()  # of those, seconds a learner was blocked on replay answers
+        self.timer = UpdateTimer()  # the learners' seconds inside gradient updates, as they report them
         self.busy_since: dict[str, float] = {}  # when each role's first call was issued
         self.failures: Counter = Counter()  # actor deaths seen, by role
         self.recoveries: Counter = Counter()  # restarted actors that came back and reported, by role
