@@ -122,6 +122,7 @@ def ray_workers(cfg, spec, replay, store, workers: int, chunk: int, seconds: flo
     steps = 0
     calls = 0
     chunks = 0
+    busy = 0.0
     versions = set()
     start = time.perf_counter()
     deadline = start + seconds
@@ -135,6 +136,7 @@ def ray_workers(cfg, spec, replay, store, workers: int, chunk: int, seconds: flo
             steps += r["steps"]
             calls += 1
             chunks += len(r["policy_versions"])
+            busy += r["busy_s"]
             versions.update(r["policy_versions"])
             left = deadline - time.perf_counter()
             if left > 0.05:
@@ -144,7 +146,7 @@ def ray_workers(cfg, spec, replay, store, workers: int, chunk: int, seconds: flo
         ray.kill(a)
     return {"rate": steps / elapsed, "calls": calls, "chunks": chunks, "steps": steps, "elapsed": elapsed,
             "ms_per_chunk": 1e3 * elapsed * workers / max(chunks, 1), "versions": sorted(versions),
-            "startup_s": startup_s}
+            "startup_s": startup_s, "busy_share": busy / (elapsed * workers)}
 
 
 def main() -> None:
@@ -203,7 +205,7 @@ def main() -> None:
             distributed[(w, n)] = res = ray_workers(wcfg, spec, replay, store, w, args.chunk_size, args.seconds)
             print(f"Ray {w} worker(s) x {n} env(s): {res['rate']:,.0f} steps/s aggregate "
                   f"({res['calls']} calls, {res['chunks']} chunks, {res['ms_per_chunk']:.1f} ms/chunk/worker, "
-                  f"policy versions {res['versions']}, "
+                  f"policy versions {res['versions']}, collecting {res['busy_share']:.0%} of the time, "
                   f"actor start + warm-up {res['startup_s']:.1f} s)", flush=True)
     replay_total = ray.get(replay.stats.remote())["total_inserted"]
     ray.shutdown()

@@ -1,6 +1,7 @@
 """The env-worker actor: an `EnvCollector` acting with the newest policy it holds, in its own loop.
 
-It asks the replay for each chunk (the replay paces the workers by the learners'
+It acts through a `NumpyPolicy` (the same actions at a third of torch's per-call cost at
+batch 8). It asks the replay for each chunk (the replay paces the workers by the learners'
 progress: `runtime/admission.py`) and sends it without waiting for the one before to be
 acknowledged. It looks for newer policy weights at the start of each call and, within
 it, at most every `WEIGHT_POLL_S` (a non-blocking poll of the weight store): far more
@@ -19,6 +20,7 @@ from umpo_dist.envs.collector import EnvCollector
 from umpo_dist.config import Config
 from umpo_dist.devices import set_threads
 from umpo_dist.envs.spec import EnvSpec
+from umpo_dist.models.numpy_policy import NumpyPolicy
 from umpo_dist.models.policy import build_policy
 from umpo_dist.runtime.admission import Grant
 from umpo_dist.runtime.ray.chunk_sender import ChunkSender
@@ -43,7 +45,8 @@ class EnvWorker:
         if self.restarted:
             seed += 1 + uuid.UUID(self.stream).int % 1_000_000
         self.collector = EnvCollector(spec.env_id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
-        self.policy = build_policy(spec, cfg.policy)
+        self.policy = build_policy(spec, cfg.policy)  # receives the published weights
+        self.actor = NumpyPolicy(self.policy, seed)  # acts with them
         self.replay = replay
         self.sender = ChunkSender(replay, self.stream, window=INSERTS_IN_FLIGHT)
         self.policy_weights = WeightSubscriber(store, "policy")
@@ -56,11 +59,12 @@ class EnvWorker:
         weights = self.policy_weights.poll()
         if weights is not None:
             self.policy.load_state_dict(weights)
+            self.actor.load(self.policy)
 
     def _act(self, obs):
         if self._clock() >= self._next_poll:
             self._refresh()
-        return self.policy.act(obs)
+        return self.actor.act(obs)
 
     def run(self, chunk_size: int, max_seconds: float = RUN_CALL_S) -> dict:
         """Collect on its own: ask the replay for a chunk, step it, send it, and go on.
