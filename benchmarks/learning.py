@@ -62,11 +62,13 @@ VARIANTS["unaligned"] = [
     "policy.normalize_obs=false", "policy.init_std=null", "policy.entropy_in_return=false",
     "policy.mean_rewards=false", "policy.alpha_lr=0.0003",
 ]
-# The audit's differences from the compact reference (its items 1–4 and its alpha_lr), together.
-VARIANTS["aligned"] = VARIANTS["reference"] + [
+# The audit's differences from the compact reference (its items 1–4 and its alpha_lr), together: on the task's
+# file as it is ("audited") and on the reference's model and ratios ("aligned").
+VARIANTS["audited"] = [
     "policy.normalize_obs=true", "policy.init_std=1.0", "policy.entropy_in_return=true",
     "policy.mean_rewards=true", "policy.alpha_lr=0.001",
 ]
+VARIANTS["aligned"] = VARIANTS["reference"] + VARIANTS["audited"]
 
 
 def git_commit() -> str:
