@@ -58,6 +58,8 @@ class ModelConfig:
     lr: float = ranged(1e-3, 0, 1, open_low=True)  # Adam learning rate
     weight_decay: float = ranged(1e-5, 0, 1)  # L2 penalty on the weights
     layer_norm: bool = False  # layers after the first see layer-normalised inputs (soft ε: 1, 0.1, …; no weights)
+    # dropout of hidden units in the training loss only: hidden layer k of L at dropout·(L−k)/(L+1) (DHMBPO: 0.01)
+    dropout: float = ranged(0.0, 0, 1)
     batch_size: int = ranged(256, 1)  # samples per member per update
     holdout_fraction: float = ranged(0.1, 0, 0.5)  # share of transitions kept out of training for validation
     holdout_capacity: int = ranged(5000, 1)  # newest held-out transitions kept for validation

@@ -132,6 +132,28 @@ def test_layer_norm_travels_with_the_weights():
         normed.load_state_dict(old)
 
 
+def test_dropout_acts_in_the_training_loss_only():
+    torch.manual_seed(0)
+    plain = EnsembleDynamics(3, 2, 2, hidden_layers=3, hidden_size=64)
+    dropped = EnsembleDynamics(3, 2, 2, hidden_layers=3, hidden_size=64, dropout=0.4)
+    dropped.load_state_dict(plain.state_dict())  # dropout adds no weights: the same function
+    assert dropped.dropout == pytest.approx([0.3, 0.2, 0.1]) and plain.dropout == [0.0, 0.0, 0.0]
+    batch = make_model_batch(32, 3, 2, torch.Generator().manual_seed(1))
+    obs, act = batch["obs"], batch["action"]
+    # predictions (rollouts, held-out scores) use the whole network
+    torch.testing.assert_close(dropped.predict(obs, act)["mean"], plain.predict(obs, act)["mean"])
+    torch.testing.assert_close(dropped.evaluate(batch)["nll"], plain.evaluate(batch)["nll"])
+    # the loss drops units, so two evaluations of it differ; without dropout it is the same function
+    a, b = dropped.loss(batch)[0], dropped.loss(batch)[0]
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(plain.loss(batch)[0], plain.loss(batch)[0])
+    # ... and it still trains the same weights: every layer gets a gradient
+    a.backward()
+    assert all(layer.weight.grad.abs().sum() > 0 for layer in [*dropped.hidden, dropped.head])
+    with pytest.raises(ValueError, match="dropout"):
+        EnsembleDynamics(3, 2, 2, dropout=1.5)
+
+
 def test_zero_bootstrap_weight_removes_a_sample_from_that_members_loss():
     torch.manual_seed(2)
     obs_dim, act_dim, E, B = 3, 2, 4, 32

@@ -53,10 +53,14 @@ class EnsembleDynamics(nn.Module):
     """`E` Gaussian MLPs over `(obs, action) → (Δobs, reward)` plus a termination logit."""
 
     def __init__(self, obs_dim: int, action_dim: int, ensemble_size: int = 7, hidden_layers: int = 4, hidden_size: int = 200,
-                 layer_norm: bool = False):
+                 layer_norm: bool = False, dropout: float = 0.0):
         """`layer_norm`: every layer after the first sees its input layer-normalised (no learned scale or shift,
         so it adds no weights), with an ε that starts at 1 (a soft normalisation) and falls tenfold per layer
-        to 1e-5 — a regulariser of deep ensembles (DHMBPO's models use this schedule)."""
+        to 1e-5 — a regulariser of deep ensembles (DHMBPO's models use this schedule).
+
+        `dropout`: in the training loss only, hidden layer k of L drops its units (before the activation) with
+        probability `dropout · (L − k) / (L + 1)` — highest after the first layer, none in the head, DHMBPO's
+        schedule; predictions, rollouts and held-out scores use the whole network."""
         super().__init__()
         self.obs_dim, self.action_dim, self.ensemble_size = obs_dim, action_dim, ensemble_size
         self.target_dim = obs_dim + 1  # Δobs and reward
@@ -66,6 +70,9 @@ class EnsembleDynamics(nn.Module):
         # ε of the normalisation in front of hidden layer 1, 2, … and the head (hidden layer 0 sees the
         # normalised inputs); empty: none
         self.norm_eps = [max(10.0 ** -k, 1e-5) for k in range(hidden_layers)] if layer_norm else []
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        self.dropout = [dropout * (hidden_layers - k) / (hidden_layers + 1) for k in range(hidden_layers)]
         # ... also kept with the weights, so that weights never meet a network normalised otherwise
         self.register_buffer("layer_norm_eps", torch.tensor(self.norm_eps, dtype=torch.float64))
         # Learned soft bounds on the log-variance (Chua et al., PETS), in normalised target units.
@@ -83,13 +90,16 @@ class EnsembleDynamics(nn.Module):
         check_layer_norm(state_dict, prefix + "layer_norm_eps", self.layer_norm_eps, "dynamics-model (model.layer_norm)")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor):
-        """Normalised-space outputs. `obs`, `action`: (E, B, ·) or (B, ·), broadcast to every member."""
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, dropout: bool = False):
+        """Normalised-space outputs. `obs`, `action`: (E, B, ·) or (B, ·), broadcast to every member.
+        `dropout`: drop hidden units at the configured rates (the training loss)."""
         x = self.input_norm.normalize(torch.cat([obs, action], -1))
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)
         for k, layer in enumerate([*self.hidden, self.head]):
             if k > 0:
+                if dropout and self.dropout[k - 1] > 0:
+                    x = F.dropout(x, self.dropout[k - 1])
                 x = F.silu(x)
                 if self.norm_eps:
                     x = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps[k - 1])
@@ -150,7 +160,7 @@ class EnsembleDynamics(nn.Module):
         """
         obs, action = batch["obs"], batch["action"]
         y = self.target_norm.normalize(self.targets(batch))
-        mean, logvar, term_logit = self(obs, action)  # (E, B, D), (E, B)
+        mean, logvar, term_logit = self(obs, action, dropout=True)  # (E, B, D), (E, B)
         nll = gaussian_nll(mean, logvar, y)
         term = batch["terminated"].expand_as(term_logit)
         bce = F.binary_cross_entropy_with_logits(term_logit, term, reduction="none")
@@ -180,7 +190,7 @@ class EnsembleDynamics(nn.Module):
 def build_ensemble(spec, cfg) -> EnsembleDynamics:
     """The dynamics model for an environment (`EnvSpec`) and a `ModelConfig` (its termination rule included)."""
     model = EnsembleDynamics(spec.obs_dim, spec.action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size,
-                             cfg.layer_norm)
+                             cfg.layer_norm, cfg.dropout)
     if cfg.termination != "learned":
         model.termination_rule = known_termination(spec.env_id)
         model.soft_termination = cfg.termination == "known_soft"
