@@ -154,6 +154,19 @@ def test_dropout_acts_in_the_training_loss_only():
         EnsembleDynamics(3, 2, 2, dropout=1.5)
 
 
+def test_the_model_learner_trains_the_network_the_config_describes():
+    from umpo_dist.envs.spec import env_spec
+    from umpo_dist.models.ensemble import build_ensemble
+
+    cfg = ModelConfig(ensemble_size=2, hidden_layers=3, hidden_size=16, layer_norm=True, dropout=0.4)
+    learned = ModelLearner(cfg, 4, 1).model
+    assert learned.dropout == pytest.approx([0.3, 0.2, 0.1]) and learned.norm_eps == [1.0, 0.1, 0.01]
+    # ... the same network the policy learner builds to roll out in, so the weights load into it
+    imagined = build_ensemble(env_spec("InvertedPendulum-v5"), cfg)
+    assert imagined.dropout == learned.dropout
+    imagined.load_state_dict(learned.state_dict())
+
+
 def test_zero_bootstrap_weight_removes_a_sample_from_that_members_loss():
     torch.manual_seed(2)
     obs_dim, act_dim, E, B = 3, 2, 4, 32

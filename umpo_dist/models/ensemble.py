@@ -187,10 +187,15 @@ class EnsembleDynamics(nn.Module):
         return {"nll": nll, "mse": mse}
 
 
+def ensemble_network(obs_dim: int, action_dim: int, cfg) -> EnsembleDynamics:
+    """The dynamics network a `ModelConfig` describes (what the model learner trains)."""
+    return EnsembleDynamics(obs_dim, action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size, cfg.layer_norm,
+                            cfg.dropout)
+
+
 def build_ensemble(spec, cfg) -> EnsembleDynamics:
     """The dynamics model for an environment (`EnvSpec`) and a `ModelConfig` (its termination rule included)."""
-    model = EnsembleDynamics(spec.obs_dim, spec.action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size,
-                             cfg.layer_norm, cfg.dropout)
+    model = ensemble_network(spec.obs_dim, spec.action_dim, cfg)
     if cfg.termination != "learned":
         model.termination_rule = known_termination(spec.env_id)
         model.soft_termination = cfg.termination == "known_soft"

@@ -10,7 +10,7 @@ from umpo_dist.config import Config, ModelConfig
 from umpo_dist.devices import state_to_cpu, to_tensors
 from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.classifier import TransitionClassifier
-from umpo_dist.models.ensemble import EnsembleDynamics
+from umpo_dist.models.ensemble import ensemble_network
 from umpo_dist.numerical_guard import NumericalGuard
 
 
@@ -22,8 +22,7 @@ class ModelLearner:
         torch.manual_seed(seed)
         self.cfg = cfg
         self.device = torch.device(device)
-        self.model = EnsembleDynamics(obs_dim, action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size,
-                                       cfg.layer_norm)
+        self.model = ensemble_network(obs_dim, action_dim, cfg)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.updates = 0
