@@ -56,8 +56,8 @@ VARIANTS: dict[str, list[str]] = {
     # MBPO-style: many cheap SAC updates per env step on mostly model transitions
     "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5"],
 }
-# The policy settings before the audit, the defaults (InvertedPendulum's config took `aligned`'s policy settings;
-# its earlier rows are labelled with this, which reproduces them on today's file).
+# The policy settings before the audit, the defaults (InvertedPendulum's and HalfCheetah's configs took the
+# audit's policy settings; their earlier rows are labelled with this, which reproduces them on today's files).
 VARIANTS["unaligned"] = [
     "policy.normalize_obs=false", "policy.init_std=null", "policy.entropy_in_return=false",
     "policy.mean_rewards=false", "policy.alpha_lr=0.0003",
