@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from umpo_dist.models.policy import LOG_STD_MAX, LOG_STD_MIN, TanhGaussianPolicy
+from umpo_dist.models.policy import TanhGaussianPolicy, bounded_log_std
 
 
 class NumpyPolicy:
@@ -56,7 +56,7 @@ class NumpyPolicy:
             else:
                 x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + layer[1])
         mu, log_std = x[..., : self.action_dim], x[..., self.action_dim:]
-        return mu, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (np.tanh(log_std) + 1)
+        return mu, bounded_log_std(log_std, np.tanh)
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Actions in the env's box for a batch of observations, like `TanhGaussianPolicy.act`."""

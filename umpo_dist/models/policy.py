@@ -14,6 +14,11 @@ from umpo_dist.models.ensemble import EnsembleLinear, check_layer_norm
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
+def bounded_log_std(raw, tanh=torch.tanh):
+    """The network's raw log-std output mapped smoothly into [LOG_STD_MIN, LOG_STD_MAX] (NumPy: pass `np.tanh`)."""
+    return LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (tanh(raw) + 1)
+
+
 def mlp(in_size: int, out_size: int, hidden_layers: int, hidden_size: int, layer_norm_eps: float = 0.0) -> nn.Sequential:
     """Linear and SiLU layers; with `layer_norm_eps` > 0 every linear layer after the first sees its input
     layer-normalised (no learned scale or shift)."""
@@ -76,7 +81,7 @@ class TanhGaussianPolicy(ObservationInput):
 
     def _gaussian(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_std = self.net(self.scale(obs)).chunk(2, -1)
-        return mu, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mu, bounded_log_std(log_std)
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         """Returns an action in the env's box and its log-probability (summed over action dims)."""
