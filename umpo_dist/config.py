@@ -122,6 +122,10 @@ class PolicyConfig:
     # The critic's linear layers after the first see their inputs layer-normalised (ε 1e-5, no learned scale
     # or shift; DHMBPO's and DroQ's critics): a regulariser of value functions trained on moving targets.
     value_layer_norm: bool = False
+    # Where the critic learns: "lambda", at every imagined state on its λ-return; "start", at the start states
+    # only, on each particle's H-step (soft) return with the target critic's tail (DHMBPO's model-based value
+    # expansion: the critic is fitted to what the actor's objective itself sees from the states it starts at).
+    value_targets: str = choice("lambda", "lambda", "start")
 
 
 @dataclass

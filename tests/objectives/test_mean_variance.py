@@ -406,3 +406,39 @@ def test_the_q_tail_moves_the_policy_through_its_last_action(critic):
         assert moved > 0.5  # toward the critic's preferred action (the box's high is 1)
     else:  # nothing but the tiny entropy bonus (Adam would still move the policy on it, in no useful direction)
         assert max(grads) < 1e-3
+
+
+# -- policy.value_targets: start ----------------------------------------------------------------------
+@pytest.mark.parametrize("critic", ["value", "q"])
+def test_start_value_targets_fit_the_start_states_to_the_particle_returns(critic):
+    """DHMBPO's critic: only the start states are fitted, on each particle's soft H-step return with the
+    pessimistic target tail (a Q function at the particle's first action, whose entropy bonus is given back)."""
+    cfg = make_config(seed=0, critic=critic, value_targets="start", value_members=3, value_target_min=2,
+                      entropy_in_return=True, init_temperature=0.5)
+    learner, rng = trained_learner(cfg)
+    before = copy.deepcopy(learner)
+    start = rng.standard_normal((16, 3)).astype(np.float32)
+    torch.manual_seed(3)
+    metrics = learner.update({"start_states": start})
+
+    torch.manual_seed(3)  # the same update by hand: the same noise, then the same two target members
+    with torch.no_grad():
+        low, high = before._state_bounds()
+        ro = imagine_rollout(before.model, before.policy, torch.as_tensor(start), cfg.policy.horizon, low, high,
+                             final_action=critic == "q")
+        alpha = before.log_alpha.exp()
+        q = critic == "q"
+        pick = torch.randperm(3)[:2]
+        tail = before.target_value.members_values(ro.states[-1], ro.final_action if q else None, pick).min(0).values
+        if q:
+            tail = tail - alpha * ro.final_log_prob
+        targets = particle_returns(ro, tail, cfg.policy.gamma, ro.rewards - alpha * ro.log_probs)
+        if q:
+            targets = targets + alpha * ro.log_probs[0]
+        pred = before.value.members_values(ro.states[0], ro.actions[0] if q else None)  # (members, E, B)
+        expected = float(((pred - targets) ** 2).sum(0).mean())  # summed over members, as the λ-return loss
+        without_entropy = float(((pred - particle_returns(ro, tail, cfg.policy.gamma)) ** 2).sum(0).mean())
+    assert metrics["policy/value_loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["policy/value_loss"] != pytest.approx(without_entropy, rel=1e-3)
+    assert_restored_continues_identically(learner, make_config(seed=5, critic=critic, value_targets="start",
+                                                               value_members=3, entropy_in_return=True), start)

@@ -141,6 +141,42 @@ class MeanVarianceObjective:
         return (torch.cat([rollout.actions, rollout.final_action[None]]),
                 torch.cat([rollout.log_probs, rollout.final_log_prob[None]]))
 
+    @torch.no_grad()
+    def _value_targets(self, rollout: Rollout, rewards: torch.Tensor, actions: torch.Tensor | None,
+                       log_probs: torch.Tensor | None, soft: float | torch.Tensor) -> tuple[slice, torch.Tensor, torch.Tensor]:
+        """Which rollout steps the critic learns at, their targets and the targets' weights, per
+        `policy.value_targets`: "lambda", every imagined step but the last on its λ-return, weighted by the
+        probability of being alive there; "start", the start states on each particle's H-step return with the
+        target critic's tail (weight 1)."""
+        cfg = self.cfg
+        states = rollout.states
+        last = slice(-1, None) if cfg.value_targets == "start" else slice(None)  # where bootstraps are needed
+        bootstrap = self.target_value.pessimistic(states[last], cfg.value_target_min,
+                                                  actions[last] if self.q_critic else None)
+        if cfg.value_bounds:
+            bootstrap = torch.clamp(bootstrap, self.value.low, self.value.high)
+        if self.q_critic:  # the states' soft values
+            bootstrap = bootstrap - soft * log_probs[last]
+        if cfg.value_targets == "start":
+            targets = particle_returns(rollout, bootstrap[0], cfg.gamma, rewards)[None]  # (1, E, B)
+            at, weight = slice(0, 1), torch.ones_like(targets)
+        else:
+            targets = lambda_returns(rewards, rollout.continues, bootstrap, cfg.gamma, cfg.lambda_return)
+            at, weight = slice(0, -1), rollout.alive[:-1]
+        if self.q_critic:  # Q(s_t, a_t): a_t is given, so its own entropy bonus is not part of the target
+            targets = targets + soft * log_probs[at]
+        return at, targets, weight
+
+    def _value_loss(self, rollout: Rollout, rewards: torch.Tensor, actions: torch.Tensor | None,
+                    log_probs: torch.Tensor | None, soft: float | torch.Tensor) -> torch.Tensor:
+        """Every value member regresses on the same targets (summed over members)."""
+        actions = actions.detach() if self.q_critic else None
+        log_probs = log_probs.detach() if self.q_critic else None
+        at, targets, weight = self._value_targets(rollout, rewards, actions, log_probs, soft)
+        states = rollout.states.detach()[at]
+        errors = (self.value.members_values(states, None if actions is None else actions[at]) - targets) ** 2
+        return (weight * errors).sum() / weight.sum().clamp_min(1e-6)
+
     def update(self, data: dict) -> dict[str, float]:
         """One update from `data["start_states"]` (the replay's answer to `self.needs`)."""
         cfg = self.cfg
@@ -172,22 +208,7 @@ class MeanVarianceObjective:
         actor_loss.backward()
         actor_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
 
-        with torch.no_grad():
-            states = rollout.states.detach()
-            actions = actions.detach() if self.q_critic else None
-            bootstrap = self.target_value.pessimistic(states, cfg.value_target_min, actions)
-            if cfg.value_bounds:
-                bootstrap = torch.clamp(bootstrap, self.value.low, self.value.high)
-            if self.q_critic:  # the states' soft values
-                bootstrap = bootstrap - soft * log_probs.detach()
-            targets = lambda_returns(rewards.detach(), rollout.continues.detach(), bootstrap, cfg.gamma,
-                                     cfg.lambda_return)
-            if self.q_critic:  # Q(s_t, a_t): a_t is given, so its own entropy bonus is not part of the target
-                targets = targets + soft * rollout.log_probs.detach()
-            weight = alive.detach()
-        # every value member regresses on the same targets (summed over members)
-        errors = (self.value.members_values(states[:-1], None if actions is None else actions[:-1]) - targets) ** 2
-        value_loss = (weight * errors).sum() / weight.sum().clamp_min(1e-6)
+        value_loss = self._value_loss(rollout, rewards.detach(), actions, log_probs, soft)
         self.value_opt.zero_grad(set_to_none=True)  # also drops the actor loss's gradient on the value net
         value_loss.backward()
         value_grad = torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.grad_clip)
