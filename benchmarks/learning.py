@@ -60,9 +60,9 @@ VARIANTS: dict[str, list[str]] = {
     # MBPO-style: many cheap SAC updates per env step on mostly model transitions
     "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5"],
 }
+VARIANTS["value_critic"] = VALUE_CRITIC
 # The policy settings before the audit, the defaults (InvertedPendulum's and HalfCheetah's configs took the
 # audit's policy settings; their earlier rows are labelled with this, which reproduces them on today's files).
-VARIANTS["value_critic"] = VALUE_CRITIC
 VARIANTS["unaligned"] = [
     "policy.normalize_obs=false", "policy.init_std=null", "policy.entropy_in_return=false",
     "policy.mean_rewards=false", "policy.alpha_lr=0.0003",

@@ -149,9 +149,8 @@ class MeanVarianceObjective:
         probability of being alive there; "start", the start states on each particle's H-step return with the
         target critic's tail (weight 1)."""
         cfg = self.cfg
-        states = rollout.states
         last = slice(-1, None) if cfg.value_targets == "start" else slice(None)  # where bootstraps are needed
-        bootstrap = self.target_value.pessimistic(states[last], cfg.value_target_min,
+        bootstrap = self.target_value.pessimistic(rollout.states[last], cfg.value_target_min,
                                                   actions[last] if self.q_critic else None)
         if cfg.value_bounds:
             bootstrap = torch.clamp(bootstrap, self.value.low, self.value.high)
@@ -170,11 +169,11 @@ class MeanVarianceObjective:
     def _value_loss(self, rollout: Rollout, rewards: torch.Tensor, actions: torch.Tensor | None,
                     log_probs: torch.Tensor | None, soft: float | torch.Tensor) -> torch.Tensor:
         """Every value member regresses on the same targets (summed over members)."""
-        actions = actions.detach() if self.q_critic else None
-        log_probs = log_probs.detach() if self.q_critic else None
+        if self.q_critic:
+            actions, log_probs = actions.detach(), log_probs.detach()
         at, targets, weight = self._value_targets(rollout, rewards, actions, log_probs, soft)
         states = rollout.states.detach()[at]
-        errors = (self.value.members_values(states, None if actions is None else actions[at]) - targets) ** 2
+        errors = (self.value.members_values(states, actions[at] if self.q_critic else None) - targets) ** 2
         return (weight * errors).sum() / weight.sum().clamp_min(1e-6)
 
     def update(self, data: dict) -> dict[str, float]:
