@@ -158,6 +158,14 @@ def test_objective_must_be_registered():
         C.from_dict({}, ["policy.objective=mean-variance"])
 
 
+def test_shuffled_propagation_cannot_be_combined_with_elite_rollouts():
+    with pytest.raises(ConfigError, match=esc("'policy.propagation' = 'shuffled'") + ".*" + esc("'model.rollout_members'")):
+        C.from_dict({}, ["policy.propagation=shuffled", "model.rollout_members=elites"])
+    assert C.from_dict({}, ["policy.propagation=shuffled"]).policy.propagation == "shuffled"
+    with pytest.raises(ConfigError, match=esc("config key 'policy.propagation' = 'random'")):
+        C.from_dict({}, ["policy.propagation=random"])
+
+
 def test_elites_cannot_exceed_ensemble_size():
     with pytest.raises(ConfigError, match=esc("'model.elites'") + ".*" + esc("'model.ensemble_size'")):
         C.from_dict({"model": {"ensemble_size": 3, "elites": 4}})

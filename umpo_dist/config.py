@@ -126,6 +126,11 @@ class PolicyConfig:
     # only, on each particle's H-step (soft) return with the target critic's tail (DHMBPO's model-based value
     # expansion: the critic is fitted to what the actor's objective itself sees from the states it starts at).
     value_targets: str = choice("lambda", "lambda", "start")
+    # Which member steps each imagined particle: "member", particle e is member e's throughout (the particle
+    # returns' spread is the members' disagreement over whole rollouts); "shuffled", the E particles of each
+    # start state are dealt to the members in a new random order at every step (MBPO's and DHMBPO's random
+    # member per step; the spread mixes the members' disagreement at every step).
+    propagation: str = choice("member", "member", "shuffled")
 
 
 @dataclass
@@ -328,6 +333,9 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
         raise ConfigError(
             f"config key 'model.elites' = {cfg.model.elites} exceeds 'model.ensemble_size' = {cfg.model.ensemble_size}"
         )
+    if cfg.policy.propagation == "shuffled" and cfg.model.rollout_members == "elites":
+        raise ConfigError("config key 'policy.propagation' = 'shuffled' mixes every member into every particle: "
+                          "it cannot be combined with 'model.rollout_members' = 'elites'")
     gpus = cfg.resources.learner_gpus
     if gpus != "auto":
         try:

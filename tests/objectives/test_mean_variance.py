@@ -442,3 +442,19 @@ def test_start_value_targets_fit_the_start_states_to_the_particle_returns(critic
     assert metrics["policy/value_loss"] != pytest.approx(without_entropy, rel=1e-3)
     assert_restored_continues_identically(learner, make_config(seed=5, critic=critic, value_targets="start",
                                                                value_members=3, entropy_in_return=True), start)
+
+
+@pytest.mark.parametrize("propagation", ["member", "shuffled"])
+def test_policy_propagation_picks_how_the_rollouts_deal_particles_to_members(propagation, monkeypatch):
+    import umpo_dist.objectives.mean_variance as mv
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["shuffle_members"])
+        return imagine_rollout(*args, **kwargs)
+
+    monkeypatch.setattr(mv, "imagine_rollout", spy)
+    learner, rng = trained_learner(make_config(seed=0, propagation=propagation), updates=2)
+    assert seen == [propagation == "shuffled"] * 2
+    assert all(np.isfinite(p.detach().numpy()).all() for p in learner.policy.parameters())

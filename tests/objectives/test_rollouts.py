@@ -28,10 +28,11 @@ def tiny_world(seed: int = 0, obs_dim: int = 2, E: int = 3):
     return model, policy, value
 
 
-def objective(model, policy, value, start, horizon=3, risk_lambda=0.5, alpha=0.1, noise_seed=123, bounds=None):
-    torch.manual_seed(noise_seed)  # the same reparameterisation noise for every evaluation
+def objective(model, policy, value, start, horizon=3, risk_lambda=0.5, alpha=0.1, noise_seed=123, bounds=None,
+              shuffle=False):
+    torch.manual_seed(noise_seed)  # the same reparameterisation noise (and member order) for every evaluation
     low, high = bounds if bounds is not None else (None, None)
-    ro = imagine_rollout(model, policy, start, horizon, low, high)
+    ro = imagine_rollout(model, policy, start, horizon, low, high, shuffle_members=shuffle)
     returns = particle_returns(ro, value, 0.9)
     obj, _, _ = mean_variance_objective(returns, risk_lambda)
     alive = ro.alive[:-1]
@@ -39,8 +40,8 @@ def objective(model, policy, value, start, horizon=3, risk_lambda=0.5, alpha=0.1
     return obj + alpha * entropy
 
 
-@pytest.mark.parametrize("with_value", [True, False])
-def test_objective_gradient_through_the_model_matches_finite_differences(with_value):
+@pytest.mark.parametrize("with_value,shuffle", [(True, False), (False, False), (True, True)])
+def test_objective_gradient_through_the_model_matches_finite_differences(with_value, shuffle):
     model, policy, value = tiny_world(0)
     if not with_value:
         # No value tail and no entropy: the policy affects J only through the model's rewards and states.
@@ -51,7 +52,7 @@ def test_objective_gradient_through_the_model_matches_finite_differences(with_va
     start = torch.randn(4, 2, dtype=f64, generator=torch.Generator().manual_seed(1))
     bounds = (torch.full((2,), -50.0, dtype=f64), torch.full((2,), 50.0, dtype=f64))
     params = list(policy.parameters())
-    J = objective(model, policy, value, start, alpha=alpha, bounds=bounds)
+    J = objective(model, policy, value, start, alpha=alpha, bounds=bounds, shuffle=shuffle)
     grads = torch.autograd.grad(J, params)
     assert sum(float(g.abs().sum()) for g in grads) > 1e-3, "the objective must depend on the policy"
     eps = 1e-6
@@ -62,9 +63,9 @@ def test_objective_gradient_through_the_model_matches_finite_differences(with_va
             for j in range(flat.numel()):
                 old = float(flat[j])
                 flat[j] = old + eps
-                up = float(objective(model, policy, value, start, alpha=alpha, bounds=bounds))
+                up = float(objective(model, policy, value, start, alpha=alpha, bounds=bounds, shuffle=shuffle))
                 flat[j] = old - eps
-                down = float(objective(model, policy, value, start, alpha=alpha, bounds=bounds))
+                down = float(objective(model, policy, value, start, alpha=alpha, bounds=bounds, shuffle=shuffle))
                 flat[j] = old
                 fd = (up - down) / (2 * eps)
                 assert float(gflat[j]) == pytest.approx(fd, rel=1e-5, abs=1e-7), (p.shape, j)
@@ -88,6 +89,38 @@ def test_rollout_shapes_alive_and_clamp():
     assert (ro.epistemic >= 0).all()
     # Each member rolls out its own particle.
     assert not torch.allclose(ro.states[2, 0], ro.states[2, 1])
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_which_member_steps_each_particle(shuffle):
+    """Fixed propagation: particle e is always member e's. Shuffled: at every step each start state's particles
+    are stepped by every member exactly once, in an order that changes, and each particle's step is that
+    member's prediction for the particle's own state and action."""
+    E, B, H = 4, 6, 5
+    model, policy, _ = tiny_world(3, E=E)
+    with torch.no_grad():  # no aleatoric noise: a step is its member's mean, so the member can be read off
+        model.max_logvar.fill_(-60.0)
+        model.min_logvar.fill_(-70.0)
+    start = torch.randn(B, 2, dtype=f64, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        ro = imagine_rollout(model, policy, start, H, shuffle_members=shuffle)
+    used = []
+    for t in range(H):
+        s, a = ro.states[t], ro.actions[t]  # (E, B, ·)
+        # every member's prediction for every particle: (members, particles, B, obs)
+        means = torch.stack([model.predict(s[p], a[p])["mean"][..., :2] for p in range(E)], 1)
+        error = (s.unsqueeze(0) + means - ro.states[t + 1].unsqueeze(0)).abs().amax(-1)
+        member = error.argmin(0)  # (particles, B)
+        assert float(error.gather(0, member[None]).max()) < 1e-9  # each step is exactly one member's
+        assert (member.sort(0).values == torch.arange(E)[:, None]).all()  # each member once per start state
+        used.append(member)
+    used = torch.stack(used)
+    if shuffle:
+        assert (used != torch.arange(E)[None, :, None]).float().mean() > 0.5  # not the fixed pairing
+        assert (used[1:] != used[:-1]).any()  # the order changes between steps
+    else:
+        assert (used == torch.arange(E)[None, :, None]).all()
 
 
 def test_particle_returns_hand_computed():

@@ -185,7 +185,7 @@ class MeanVarianceObjective:
         alpha = self.log_alpha.exp().detach()
 
         rollout = imagine_rollout(self.model, self.policy, start, cfg.horizon, low, high, cfg.mean_rewards,
-                                  final_action=self.q_critic)
+                                  final_action=self.q_critic, shuffle_members=cfg.propagation == "shuffled")
         rewards = self.imagined_rewards(rollout, data)
         soft = alpha if cfg.entropy_in_return else 0.0
         if cfg.entropy_in_return:  # a soft return: the entropy bonus of every step, discounted with its reward

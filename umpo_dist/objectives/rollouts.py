@@ -44,9 +44,14 @@ def imagine_rollout(
     state_high: torch.Tensor | None = None,
     mean_rewards: bool = False,
     final_action: bool = False,
+    shuffle_members: bool = False,
 ) -> Rollout:
-    """Roll the policy out in the model, one particle per member from each start state.
+    """Roll the policy out in the model, `E` particles from each start state.
 
+    Particle `e` is stepped by member `e` throughout; with `shuffle_members`, at every step the `E` particles
+    of each start state are dealt to the members in a fresh random order (each particle meets a random
+    member at each step, as in MBPO's and DHMBPO's rollouts; every member still steps one particle of each
+    start state, so the cost is the same).
     `mean_rewards`: rewards are the members' predicted means (the next states are still sampled).
     `final_action`: also draw the policy's action at the last states (a Q function's tail).
     """
@@ -55,7 +60,10 @@ def imagine_rollout(
     states, actions, rewards, continues, alives, log_probs, epistemic = [s], [], [], [], [alive], [], []
     for _ in range(horizon):
         action, logp = policy(s)
-        s, reward, cont, epi = model.step(s, action, mean_reward=mean_rewards)
+        if shuffle_members:
+            s, reward, cont, epi = _shuffled_step(model, s, action, mean_rewards)
+        else:
+            s, reward, cont, epi = model.step(s, action, mean_reward=mean_rewards)
         if state_low is not None:
             # Keeps a compounding model error from carrying particles into regions never seen.
             s = torch.maximum(torch.minimum(s, state_high), state_low)
@@ -72,6 +80,19 @@ def imagine_rollout(
         torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(continues), torch.stack(alives),
         torch.stack(log_probs), torch.stack(epistemic), *last,
     )
+
+
+def _shuffled_step(model: EnsembleDynamics, s: torch.Tensor, action: torch.Tensor, mean_rewards: bool):
+    """`model.step` with the particles (E, B, ·) dealt to the members in a random order per start state,
+    the results put back in particle order (differentiable: a gather each way)."""
+    order = torch.rand(s.shape[:2], device=s.device).argsort(0)  # member e steps particle order[e, b]
+    back = order.argsort(0)  # particle p was stepped by member back[p, b]
+
+    def take(x, idx):
+        return x.gather(0, idx.view(*idx.shape, *[1] * (x.dim() - 2)).expand_as(x))
+
+    next_obs, reward, cont, epi = model.step(take(s, order), take(action, order), mean_reward=mean_rewards)
+    return take(next_obs, back), take(reward, back), take(cont, back), epi
 
 
 def state_box(model: EnsembleDynamics, obs_dim: int, sigmas: float, mode: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
