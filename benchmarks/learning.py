@@ -74,6 +74,13 @@ VARIANTS["audited"] = [
     "policy.mean_rewards=true", "policy.alpha_lr=0.001",
 ]
 VARIANTS["aligned"] = VARIANTS["reference"] + VARIANTS["audited"]
+# `aligned` with DHMBPO's critic pipeline and a normalised critic ensemble: hopper.yaml's algorithm (model, policy,
+# objective and ratios) on any task's file
+VARIANTS["dhmbpo_critic"] = VARIANTS["aligned"] + [
+    "policy.value_members=5", "policy.value_layer_norm=true", "policy.critic=q", "policy.value_bounds=true",
+    "policy.gamma=0.995", "policy.model_start_share=1.0", "policy.model_start_refresh=20",
+    "policy.model_start_buffer=50000", "train.eval_every=2500",
+]
 
 
 def git_commit() -> str:

@@ -23,3 +23,10 @@ def test_every_variant_loads_on_every_task(task, variant):
     if variant == "aligned":  # ... on the compact reference's model and critic
         assert (cfg.model.ensemble_size, cfg.model.hidden_layers, cfg.model.hidden_size) == (5, 3, 200)
         assert cfg.policy.value_members == 1 and not cfg.policy.value_layer_norm
+
+
+def test_dhmbpo_critic_is_hopper_yaml_s_algorithm():
+    ours = load(ROOT / "configs" / "hopper.yaml", learning.VARIANTS["dhmbpo_critic"])
+    shipped = load(ROOT / "configs" / "hopper.yaml")
+    for section in ("model", "policy", "mean_variance", "train"):
+        assert getattr(ours, section) == getattr(shipped, section), section
