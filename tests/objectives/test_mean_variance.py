@@ -455,6 +455,6 @@ def test_policy_propagation_picks_how_the_rollouts_deal_particles_to_members(pro
         return imagine_rollout(*args, **kwargs)
 
     monkeypatch.setattr(mv, "imagine_rollout", spy)
-    learner, rng = trained_learner(make_config(seed=0, propagation=propagation), updates=2)
+    learner, _ = trained_learner(make_config(seed=0, propagation=propagation), updates=2)
     assert seen == [propagation == "shuffled"] * 2
     assert all(np.isfinite(p.detach().numpy()).all() for p in learner.policy.parameters())
