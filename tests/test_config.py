@@ -253,3 +253,9 @@ def test_from_dict_does_not_mutate_its_input():
     before = copy.deepcopy(data)
     C.from_dict(data, ["model.ensemble_size=3"])
     assert data == before
+
+
+def test_real_critic_batch_needs_a_q_critic():
+    with pytest.raises(ConfigError, match=esc("'policy.real_critic_batch' = 64 needs 'policy.critic' = 'q'")):
+        C.from_dict({}, ["policy.real_critic_batch=64"])
+    assert C.from_dict({}, ["policy.real_critic_batch=64", "policy.critic=q"]).policy.real_critic_batch == 64

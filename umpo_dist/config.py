@@ -126,6 +126,11 @@ class PolicyConfig:
     # only, on each particle's H-step (soft) return with the target critic's tail (DHMBPO's model-based value
     # expansion: the critic is fitted to what the actor's objective itself sees from the states it starts at).
     value_targets: str = choice("lambda", "lambda", "start")
+    # Replay transitions per update on which the Q critic also regresses, on the one-step soft target
+    # r + γ(1 − terminated)(Q_target(s′, a′) − α·log π(a′|s′)), a′ from the policy (SAC's critic step; the
+    # pessimistic target members and the value bounds as for the imagined targets): the critic learns where the
+    # real policy goes as well as where the model takes it. 0: imagined targets only. Needs `critic: q`.
+    real_critic_batch: int = ranged(0, 0)
     # Which member steps each imagined particle: "member", particle e is member e's throughout (the particle
     # returns' spread is the members' disagreement over whole rollouts); "shuffled", the E particles of each
     # start state are dealt to the members in a new random order at every step (MBPO's and DHMBPO's random
@@ -336,6 +341,10 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
     if cfg.policy.propagation == "shuffled" and cfg.model.rollout_members == "elites":
         raise ConfigError("config key 'policy.propagation' = 'shuffled' mixes every member into every particle: "
                           "it cannot be combined with 'model.rollout_members' = 'elites'")
+    if cfg.policy.real_critic_batch and cfg.policy.critic != "q":
+        raise ConfigError(f"config key 'policy.real_critic_batch' = {cfg.policy.real_critic_batch} needs "
+                          f"'policy.critic' = 'q' (a real transition's action is not the policy's), got "
+                          f"{cfg.policy.critic!r}")
     gpus = cfg.resources.learner_gpus
     if gpus != "auto":
         try:

@@ -458,3 +458,62 @@ def test_policy_propagation_picks_how_the_rollouts_deal_particles_to_members(pro
     learner, _ = trained_learner(make_config(seed=0, propagation=propagation), updates=2)
     assert seen == [propagation == "shuffled"] * 2
     assert all(np.isfinite(p.detach().numpy()).all() for p in learner.policy.parameters())
+
+
+# -- policy.real_critic_batch: the Q critic also learns from real transitions ---------------------------
+def real_transitions(rng: np.random.Generator, n: int, terminated: float) -> dict[str, np.ndarray]:
+    return {"obs": rng.standard_normal((n, 3)).astype(np.float32),
+            "action": rng.uniform(-1, 1, (n, 2)).astype(np.float32) * HIGH,
+            "reward": rng.standard_normal(n).astype(np.float32),
+            "next_obs": rng.standard_normal((n, 3)).astype(np.float32),
+            "terminated": np.full(n, terminated, np.float32)}
+
+
+@pytest.mark.parametrize("terminated", [0.0, 1.0])
+def test_real_critic_batch_regresses_q_on_real_one_step_soft_targets(terminated):
+    cfg = make_config(seed=0, critic="q", entropy_in_return=True, init_temperature=0.5, value_members=3,
+                      value_target_min=2, value_bounds=True, real_critic_batch=8)
+    learner = MeanVarianceObjective(cfg, SPEC)
+    assert learner.needs == DataNeeds(start_states=16, transitions=8)
+    learner.set_model_weights(ModelLearner(cfg.model, 3, 2, seed=1).weights(), version=0)
+    rng = np.random.default_rng(2)
+    for _ in range(3):  # the target members drift from the members
+        metrics = learner.update({"start_states": rng.standard_normal((16, 3)).astype(np.float32),
+                                  "transitions": real_transitions(rng, 8, terminated)})
+        assert np.isfinite(metrics["policy/real_value_loss"])
+        assert metrics["policy/value_loss"] > metrics["policy/real_value_loss"] > 0  # the sum of both losses
+    batch = {k: torch.as_tensor(v) for k, v in real_transitions(rng, 8, terminated).items()}
+    alpha = learner.log_alpha.exp().detach()
+    torch.manual_seed(4)
+    loss = float(learner._real_value_loss(batch, alpha).detach())
+
+    torch.manual_seed(4)  # by hand: the next action's noise, then the two target members
+    with torch.no_grad():
+        next_action, next_log_prob = learner.policy(batch["next_obs"])
+        pick = torch.randperm(3)[:2]
+        tail = learner.target_value.members_values(batch["next_obs"], next_action, pick).min(0).values
+        tail = tail.clamp(learner.value.low, learner.value.high) - alpha * next_log_prob
+        q = learner.value.members_values(batch["obs"], batch["action"])  # (members, N)
+        targets = batch["reward"] + cfg.policy.gamma * (1 - batch["terminated"]) * tail
+        expected = float(((q - targets) ** 2).sum(0).mean())
+        reward_only = float(((q - batch["reward"]) ** 2).sum(0).mean())
+    assert loss == pytest.approx(expected, rel=1e-5)
+    if terminated:  # an ended episode's target is its last reward
+        assert loss == pytest.approx(reward_only, rel=1e-5)
+    else:
+        assert loss != pytest.approx(reward_only, rel=1e-3)
+
+
+def test_real_critic_batch_fits_the_critic_to_real_returns():
+    """Real transitions that all end with reward 1: Q(s, a) → 1 where the replay's actions were taken."""
+    cfg = make_config(seed=0, critic="q", real_critic_batch=32, value_lr=3e-3)
+    learner = MeanVarianceObjective(cfg, SPEC)
+    learner.set_model_weights(ModelLearner(cfg.model, 3, 2, seed=1).weights(), version=0)
+    rng = np.random.default_rng(3)
+    probe = {k: torch.as_tensor(v) for k, v in real_transitions(rng, 256, 1.0).items()}
+    error = lambda: float((learner.value(probe["obs"], probe["action"]) - 1.0).abs().mean())
+    before = error()
+    for _ in range(200):
+        real = real_transitions(rng, 32, 1.0) | {"reward": np.ones(32, np.float32)}
+        learner.update({"start_states": rng.standard_normal((16, 3)).astype(np.float32), "transitions": real})
+    assert error() < 0.5 * before

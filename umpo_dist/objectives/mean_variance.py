@@ -17,13 +17,14 @@ import torch
 
 from umpo_dist.config import Config
 from umpo_dist.data.replay import DataNeeds
-from umpo_dist.devices import state_to_cpu
+from umpo_dist.devices import state_to_cpu, to_tensors
 from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.ensemble import build_ensemble
 from umpo_dist.models.policy import ValueFunction, build_policy
 from umpo_dist.numerical_guard import NumericalGuard
 from umpo_dist.objectives.base import register_objective
 from umpo_dist.objectives.rollouts import (
+    TRANSITION_KEYS,
     ModelTransitions,
     Rollout,
     branched_rollouts,
@@ -54,7 +55,7 @@ class MeanVarianceObjective:
         self.cfg = cfg.policy
         self.risk_lambda = cfg.mean_variance.risk_lambda
         self.elites_only = cfg.model.rollout_members == "elites"
-        self.needs = DataNeeds(start_states=cfg.policy.start_states)
+        self.needs = DataNeeds(start_states=cfg.policy.start_states, transitions=cfg.policy.real_critic_batch)
         self.device = torch.device(device)
         self.policy = build_policy(spec, cfg.policy).to(self.device)
         action_dim = self.policy.action_dim
@@ -176,6 +177,20 @@ class MeanVarianceObjective:
         errors = (self.value.members_values(states, actions[at] if self.q_critic else None) - targets) ** 2
         return (weight * errors).sum() / weight.sum().clamp_min(1e-6)
 
+    def _real_value_loss(self, batch: dict[str, torch.Tensor], soft: float | torch.Tensor) -> torch.Tensor:
+        """`policy.real_critic_batch`: every Q member regresses on real transitions' one-step soft targets
+        r + γ(1 − terminated)(Q_target(s′, a′) − soft·log π(a′|s′)), a′ drawn from the policy (summed over
+        members, like the imagined targets' loss)."""
+        cfg = self.cfg
+        with torch.no_grad():
+            next_action, next_log_prob = self.policy(batch["next_obs"])
+            bootstrap = self.target_value.pessimistic(batch["next_obs"], cfg.value_target_min, next_action)
+            if cfg.value_bounds:
+                bootstrap = torch.clamp(bootstrap, self.value.low, self.value.high)
+            targets = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * (bootstrap - soft * next_log_prob)
+        errors = (self.value.members_values(batch["obs"], batch["action"]) - targets) ** 2
+        return errors.sum() / len(targets)
+
     def update(self, data: dict) -> dict[str, float]:
         """One update from `data["start_states"]` (the replay's answer to `self.needs`)."""
         cfg = self.cfg
@@ -208,6 +223,10 @@ class MeanVarianceObjective:
         actor_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
 
         value_loss = self._value_loss(rollout, rewards.detach(), actions, log_probs, soft)
+        if cfg.real_critic_batch:
+            real = to_tensors({k: data["transitions"][k] for k in TRANSITION_KEYS}, self.device)
+            real_value_loss = self._real_value_loss(real, soft)
+            value_loss = value_loss + real_value_loss
         self.value_opt.zero_grad(set_to_none=True)  # also drops the actor loss's gradient on the value net
         value_loss.backward()
         value_grad = torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.grad_clip)
@@ -237,6 +256,7 @@ class MeanVarianceObjective:
             "policy/entropy": float(entropy.detach()),
             "policy/alpha": float(alpha),
             "policy/value_loss": float(value_loss.detach()),
+            **({"policy/real_value_loss": float(real_value_loss.detach())} if cfg.real_critic_batch else {}),
             "policy/actor_grad_norm": float(actor_grad),
             "policy/epistemic": float(rollout.epistemic.detach().mean()),
             **({"policy/model_start_buffer": len(self.model_starts)} if self.cfg.model_start_share else {}),
