@@ -142,6 +142,12 @@ class MeanVarianceObjective:
         return (torch.cat([rollout.actions, rollout.final_action[None]]),
                 torch.cat([rollout.log_probs, rollout.final_log_prob[None]]))
 
+    def _target_values(self, states: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
+        """The pessimistic target critic's values at `states` (at `actions` for a Q function), clamped to the
+        value bounds where `policy.value_bounds` is on: what every bootstrap is."""
+        values = self.target_value.pessimistic(states, self.cfg.value_target_min, actions)
+        return torch.clamp(values, self.value.low, self.value.high) if self.cfg.value_bounds else values
+
     @torch.no_grad()
     def _value_targets(self, rollout: Rollout, rewards: torch.Tensor, actions: torch.Tensor | None,
                        log_probs: torch.Tensor | None, soft: float | torch.Tensor) -> tuple[slice, torch.Tensor, torch.Tensor]:
@@ -151,10 +157,7 @@ class MeanVarianceObjective:
         target critic's tail (weight 1)."""
         cfg = self.cfg
         last = slice(-1, None) if cfg.value_targets == "start" else slice(None)  # where bootstraps are needed
-        bootstrap = self.target_value.pessimistic(rollout.states[last], cfg.value_target_min,
-                                                  actions[last] if self.q_critic else None)
-        if cfg.value_bounds:
-            bootstrap = torch.clamp(bootstrap, self.value.low, self.value.high)
+        bootstrap = self._target_values(rollout.states[last], actions[last] if self.q_critic else None)
         if self.q_critic:  # the states' soft values
             bootstrap = bootstrap - soft * log_probs[last]
         if cfg.value_targets == "start":
@@ -184,9 +187,7 @@ class MeanVarianceObjective:
         cfg = self.cfg
         with torch.no_grad():
             next_action, next_log_prob = self.policy(batch["next_obs"])
-            bootstrap = self.target_value.pessimistic(batch["next_obs"], cfg.value_target_min, next_action)
-            if cfg.value_bounds:
-                bootstrap = torch.clamp(bootstrap, self.value.low, self.value.high)
+            bootstrap = self._target_values(batch["next_obs"], next_action)
             targets = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * (bootstrap - soft * next_log_prob)
         errors = (self.value.members_values(batch["obs"], batch["action"]) - targets) ** 2
         return errors.sum() / len(targets)
