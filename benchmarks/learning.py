@@ -39,7 +39,8 @@ TASKS = ("inverted_pendulum", "halfcheetah", "hopper", "walker2d")
 # "shipped" is the committed config as it is.
 # The critic pipeline hopper.yaml had before it took DHMBPO's (Q critic, value bounds, γ 0.995, every start state
 # from 20-step model rollouts): the earlier Hopper rows on the file are labelled `value_critic`, which reproduces them.
-VALUE_CRITIC = ["policy.critic=value", "policy.value_bounds=false", "policy.gamma=0.99", "policy.model_start_share=0.0"]
+VALUE_CRITIC = ["policy.critic=value", "policy.value_bounds=false", "policy.gamma=0.99", "policy.model_start_share=0.0",
+                "policy.real_critic_batch=0"]
 VARIANTS: dict[str, list[str]] = {
     "shipped": [],
     # the compact single-process reference's algorithm settings
@@ -104,6 +105,11 @@ def run_seed(task: str, runtime: str, overrides: list[str], seed: int, cap_s: fl
 
     cfg = load(ROOT / "configs" / f"{task}.yaml",
                overrides + [f"runtime={runtime}", f"train.seed={seed}", f"tracking.runs_dir={workdir / 'runs'}"])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()  # the run's store (MLFLOW_TRACKING_URI, in `workdir`) keeps its artifacts beside it,
+    if client.get_experiment_by_name(cfg.tracking.experiment) is None:  # not in ./mlruns of the working directory
+        client.create_experiment(cfg.tracking.experiment, artifact_location=(workdir / "mlartifacts").as_uri())
     if runtime == "ray":
         from umpo_dist.runtime.ray.cluster import init_ray
 
