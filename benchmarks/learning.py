@@ -62,6 +62,9 @@ VARIANTS: dict[str, list[str]] = {
     "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5"],
 }
 VARIANTS["value_critic"] = VALUE_CRITIC
+# hopper.yaml before its Q critic also learned from real transitions (`policy.real_critic_batch`): the earlier
+# shipped Hopper rows are labelled with this, which reproduces them.
+VARIANTS["imagined_critic"] = ["policy.real_critic_batch=0"]
 # The policy settings before the audit, the defaults (InvertedPendulum's and HalfCheetah's configs took the
 # audit's policy settings; their earlier rows are labelled with this, which reproduces them on today's files).
 VARIANTS["unaligned"] = [
@@ -76,7 +79,7 @@ VARIANTS["audited"] = [
 ]
 VARIANTS["aligned"] = VARIANTS["reference"] + VARIANTS["audited"]
 # `aligned` with DHMBPO's critic pipeline and a normalised critic ensemble: hopper.yaml's algorithm (model, policy,
-# objective and ratios) on any task's file
+# objective and ratios) on any task's file, but for the real-transition critic (0 here, as `reference` pins it)
 VARIANTS["dhmbpo_critic"] = VARIANTS["aligned"] + [
     "policy.value_members=5", "policy.value_layer_norm=true", "policy.critic=q", "policy.value_bounds=true",
     "policy.gamma=0.995", "policy.model_start_share=1.0", "policy.model_start_refresh=20",

@@ -25,8 +25,10 @@ def test_every_variant_loads_on_every_task(task, variant):
         assert cfg.policy.value_members == 1 and not cfg.policy.value_layer_norm
 
 
-def test_dhmbpo_critic_is_hopper_yaml_s_algorithm():
+def test_dhmbpo_critic_is_hopper_yaml_s_algorithm_before_the_real_critic():
     ours = load(ROOT / "configs" / "hopper.yaml", learning.VARIANTS["dhmbpo_critic"])
+    before = load(ROOT / "configs" / "hopper.yaml", learning.VARIANTS["imagined_critic"])
     shipped = load(ROOT / "configs" / "hopper.yaml")
+    assert shipped.policy.real_critic_batch > 0 and before.policy.real_critic_batch == 0
     for section in ("model", "policy", "mean_variance", "train"):
-        assert getattr(ours, section) == getattr(shipped, section), section
+        assert getattr(ours, section) == getattr(before, section), section
