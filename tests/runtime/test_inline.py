@@ -115,3 +115,16 @@ def test_an_interrupted_inline_run_checkpoints_and_resumes_where_it_stopped(work
     again = evaluate_policy(load_policy(summary["policy_file"]), "InvertedPendulum-v5", 2, 10_000 + cfg.train.seed,
                             cfg.env.max_episode_steps)
     assert again["return_mean"] == best[1]
+
+
+def test_a_long_round_of_model_updates_logs_its_held_out_evaluation():
+    """With `train.train_every` in the hundreds a round holds ~100 model updates; the held-out evaluation
+    inside it (every 7th update, so rarely the round's last) reaches the log with the round's other figures."""
+    torch.set_num_threads(1)
+    cfg = config.from_dict({}, [*FAST, "train.train_every=200", "model.validate_every=7", "train.eval_every=10000"])
+    logged = []
+    InlineRunner(cfg, lambda m, step: logged.append((step, m))).run()
+    rounds = [(step, m) for step, m in logged if "model/train_nll" in m]
+    assert [step for step, _ in rounds] == [200, 400, 600], [step for step, _ in logged]
+    for step, m in rounds:
+        assert np.isfinite(m["model/val_nll"]), (step, m)

@@ -83,8 +83,8 @@ class InlineRunner:
         allowed = self.schedule.model_updates_allowed()
         if allowed:
             ml.refresh_statistics(self.replay.statistics)
-        for _ in range(allowed):
-            metrics = self.timer.run("model_learner", ml.update, self.replay.sample(cfg.model.batch_size))
+        for _ in range(allowed):  # the round's last update's figures, and its latest held-out evaluation
+            metrics.update(self.timer.run("model_learner", ml.update, self.replay.sample(cfg.model.batch_size)))
             if ml.validation_due:
                 metrics.update(ml.validate(self.replay.holdout_batch(cfg.model.holdout_capacity)))
             self.schedule.model_updates = ml.updates
