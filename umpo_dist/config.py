@@ -136,6 +136,14 @@ class PolicyConfig:
     # start state are dealt to the members in a new random order at every step (MBPO's and DHMBPO's random
     # member per step; the spread mixes the members' disagreement at every step).
     propagation: str = choice("member", "member", "shuffled")
+    # DHMBPO's restart after each model fit: once the model the learner is handed has taken `restart_every`
+    # updates since the last restart, the policy learner's Adam moments (actor, critic, temperature) start
+    # afresh, its buffer of model start states is emptied (the older model's states), and its next
+    # `critic_warmup` updates train the critic alone on the new model's rollouts, the actor and α held. The
+    # trigger is the model's update count, so both runtimes restart alike (inline with `train.train_every`
+    # bursts: once per burst when its model updates reach `restart_every`). 0: never.
+    restart_every: int = ranged(0, 0)
+    critic_warmup: int = ranged(0, 0)  # critic-only updates after each restart (needs `restart_every`)
 
 
 @dataclass
@@ -341,6 +349,9 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
     if cfg.policy.propagation == "shuffled" and cfg.model.rollout_members == "elites":
         raise ConfigError("config key 'policy.propagation' = 'shuffled' mixes every member into every particle: "
                           "it cannot be combined with 'model.rollout_members' = 'elites'")
+    if cfg.policy.critic_warmup and not cfg.policy.restart_every:
+        raise ConfigError(f"config key 'policy.critic_warmup' = {cfg.policy.critic_warmup} counts updates after "
+                          f"a restart, but 'policy.restart_every' = 0 never restarts")
     if cfg.policy.real_critic_batch and cfg.policy.critic != "q":
         raise ConfigError(f"config key 'policy.real_critic_batch' = {cfg.policy.real_critic_batch} needs "
                           f"'policy.critic' = 'q' (a real transition's action is not the policy's), got "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from umpo_dist.config import Config, ModelConfig, PolicyConfig, TrainConfig
+from umpo_dist.config import Config, ConfigError, ModelConfig, PolicyConfig, TrainConfig, validate
 from umpo_dist.data.replay import DataNeeds
 from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.model_learner import ModelLearner
@@ -517,3 +517,44 @@ def test_real_critic_batch_fits_the_critic_to_real_returns():
         real = real_transitions(rng, 32, 1.0) | {"reward": np.ones(32, np.float32)}
         learner.update({"start_states": rng.standard_normal((16, 3)).astype(np.float32), "transitions": real})
     assert error() < 0.5 * before
+
+
+def test_a_restart_on_a_newer_model_resets_adam_empties_the_model_starts_and_trains_the_critic_first():
+    """`policy.restart_every`: once the model handed over has moved that many updates on, fresh Adam moments,
+    no start states of the older model, then `policy.critic_warmup` updates in which only the critic moves."""
+    cfg = make_config(seed=0, critic="q", restart_every=100, critic_warmup=2, model_start_share=0.5,
+                      model_start_refresh=1)
+    learner, rng = trained_learner(cfg)
+    weights = learner.model.state_dict()
+    starts = lambda: {"start_states": rng.standard_normal((16, 3)).astype(np.float32)}
+    learner.set_model_weights(weights, version=99)  # not far enough on: nothing restarts
+    assert learner.restarted_at == 0 and learner.critic_only == 0
+    assert learner.actor_opt.state and learner.value_opt.state and len(learner.model_starts)
+    learner.set_model_weights(weights, version=100)
+    assert learner.restarted_at == 100 and learner.critic_only == 2
+    assert not (learner.actor_opt.state or learner.value_opt.state or learner.alpha_opt.state)
+    assert len(learner.model_starts) == 0
+
+    snapshot = lambda: ([p.detach().clone() for p in learner.policy.parameters()],
+                        [p.detach().clone() for p in learner.value.parameters()], float(learner.log_alpha))
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))
+    policy, value, alpha = snapshot()
+    learner.update(starts())
+    assert len(learner.model_starts) > 0  # refilled from the new model's rollouts
+    other = MeanVarianceObjective(cfg, SPEC)  # a checkpoint keeps the restart and the warm-up left
+    other.load_state(learner.state())
+    assert (other.restarted_at, other.critic_only) == (100, 1)
+    learner.update(starts())
+    assert learner.critic_only == 0 and learner.updates == 5
+    assert same(policy, learner.policy.parameters()) and float(learner.log_alpha) == alpha
+    assert not same(value, learner.value.parameters())
+    assert not learner.actor_opt.state and learner.value_opt.state  # the actor's moments start at its first step
+    learner.update(starts())  # the warm-up is over: the actor and α move again
+    assert not same(policy, learner.policy.parameters()) and float(learner.log_alpha) != alpha
+    learner.set_model_weights(weights, version=199)  # counted from the last restart, not from 0
+    assert learner.restarted_at == 100 and learner.critic_only == 0
+
+
+def test_critic_warmup_without_restarts_is_refused():
+    with pytest.raises(ConfigError, match="policy.critic_warmup"):
+        validate(make_config(seed=0, critic_warmup=10), check_env=False)

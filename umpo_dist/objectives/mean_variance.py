@@ -77,6 +77,8 @@ class MeanVarianceObjective:
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
         self.updates = 0
         self.model_version = -1
+        self.restarted_at = 0  # the model version of the last restart (`policy.restart_every`)
+        self.critic_only = 0  # critic-only updates left after it (`policy.critic_warmup`)
         self.guard = NumericalGuard({
             "policy": self.policy, "value": self.value, "target_value": self.target_value,
             "actor_opt": self.actor_opt, "value_opt": self.value_opt,
@@ -85,10 +87,22 @@ class MeanVarianceObjective:
     def set_model_weights(self, weights: dict, version: int) -> None:
         self.model.load_state_dict(weights)
         self.model_version = version
+        if self.cfg.restart_every and version - self.restarted_at >= self.cfg.restart_every:
+            self.restart(version)
         if self.cfg.normalize_obs:  # the policy and the value see what the model sees
             norm, obs_dim = self.model.input_norm, self.policy.obs_dim
             for net in (self.policy, self.value, self.target_value):
                 net.set_obs_stats(norm.mean[:obs_dim], norm.std[:obs_dim])
+
+    def restart(self, version: int) -> None:
+        """DHMBPO's restart on a new model (`policy.restart_every`): fresh Adam moments, no start states of the
+        older model, and `policy.critic_warmup` critic-only updates next."""
+        for opt in (self.actor_opt, self.value_opt, self.alpha_opt):
+            opt.state.clear()
+        if self.model_starts is not None:
+            self.model_starts.clear()
+        self.restarted_at = version
+        self.critic_only = self.cfg.critic_warmup
 
     def _state_bounds(self):
         return state_box(self.model, self.policy.obs_dim, self.cfg.state_clip_sigmas, self.cfg.state_clip)
@@ -200,28 +214,33 @@ class MeanVarianceObjective:
         start = self._start_states(start, low, high)
         alpha = self.log_alpha.exp().detach()
 
-        rollout = imagine_rollout(self.model, self.policy, start, cfg.horizon, low, high, cfg.mean_rewards,
-                                  final_action=self.q_critic, shuffle_members=cfg.propagation == "shuffled")
-        rewards = self.imagined_rewards(rollout, data)
-        soft = alpha if cfg.entropy_in_return else 0.0
-        if cfg.entropy_in_return:  # a soft return: the entropy bonus of every step, discounted with its reward
-            rewards = rewards - alpha * rollout.log_probs
-        if cfg.value_bounds:
-            self._track_value_bounds(rewards.detach())
-        actions, log_probs = self._critic_inputs(rollout)
-        # the tail: V(s_H), or the soft value Q(s_H, a_H) − α·log π(a_H|s_H) with a gradient through a_H
-        tail = (self.value(rollout.states[-1], actions[-1]) - soft * log_probs[-1] if self.q_critic
-                else self.value(rollout.states[-1]))
-        returns = particle_returns(rollout, tail, cfg.gamma, rewards)
-        if self.elites_only:
-            returns = returns[self.model.elite_mask]
-        objective, ret_mean, ret_std = mean_variance_objective(returns, self.risk_lambda)
-        alive = rollout.alive[:-1]
-        entropy = -(alive * rollout.log_probs).sum() / alive.sum().clamp_min(1e-6)
-        actor_loss = -objective if cfg.entropy_in_return else -(objective + alpha * entropy)
+        actor_steps = not self.critic_only  # after a restart, the critic learns the new model's values first
+        with torch.set_grad_enabled(actor_steps):  # a critic-only update needs no graph through the policy
+            rollout = imagine_rollout(self.model, self.policy, start, cfg.horizon, low, high, cfg.mean_rewards,
+                                      final_action=self.q_critic, shuffle_members=cfg.propagation == "shuffled")
+            rewards = self.imagined_rewards(rollout, data)
+            soft = alpha if cfg.entropy_in_return else 0.0
+            if cfg.entropy_in_return:  # a soft return: the entropy bonus of every step, discounted with its reward
+                rewards = rewards - alpha * rollout.log_probs
+            if cfg.value_bounds:
+                self._track_value_bounds(rewards.detach())
+            actions, log_probs = self._critic_inputs(rollout)
+            # the tail: V(s_H), or the soft value Q(s_H, a_H) − α·log π(a_H|s_H) with a gradient through a_H
+            tail = (self.value(rollout.states[-1], actions[-1]) - soft * log_probs[-1] if self.q_critic
+                    else self.value(rollout.states[-1]))
+            returns = particle_returns(rollout, tail, cfg.gamma, rewards)
+            if self.elites_only:
+                returns = returns[self.model.elite_mask]
+            objective, ret_mean, ret_std = mean_variance_objective(returns, self.risk_lambda)
+            alive = rollout.alive[:-1]
+            entropy = -(alive * rollout.log_probs).sum() / alive.sum().clamp_min(1e-6)
+            actor_loss = -objective if cfg.entropy_in_return else -(objective + alpha * entropy)
         self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+        if actor_steps:
+            actor_loss.backward()
+            actor_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+        else:
+            actor_grad = torch.zeros(())
 
         value_loss = self._value_loss(rollout, rewards.detach(), actions, log_probs, soft)
         if cfg.real_critic_batch:
@@ -237,13 +256,15 @@ class MeanVarianceObjective:
             self.value_opt.zero_grad(set_to_none=True)
             self.guard.bad()
             return self.guard.metrics("policy")
-        self.actor_opt.step()
         self.value_opt.step()
-
-        alpha_loss = -self.log_alpha * (self.target_entropy - entropy.detach())
-        self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_opt.step()
+        if actor_steps:
+            self.actor_opt.step()
+            alpha_loss = -self.log_alpha * (self.target_entropy - entropy.detach())
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+        else:
+            self.critic_only -= 1
 
         with torch.no_grad():
             for p, tp in zip(self.value.parameters(), self.target_value.parameters()):
@@ -261,6 +282,7 @@ class MeanVarianceObjective:
             "policy/actor_grad_norm": float(actor_grad),
             "policy/epistemic": float(rollout.epistemic.detach().mean()),
             **({"policy/model_start_buffer": len(self.model_starts)} if self.cfg.model_start_share else {}),
+            **({"policy/restarted_at": self.restarted_at} if cfg.restart_every else {}),
             **({"policy/value_low": float(self.value.low), "policy/value_high": float(self.value.high)}
                if self.cfg.value_bounds else {}),
         }
@@ -278,6 +300,8 @@ class MeanVarianceObjective:
             "value_opt": self.value_opt.state_dict(),
             "alpha_opt": self.alpha_opt.state_dict(),
             "updates": self.updates,
+            "restarted_at": self.restarted_at,
+            "critic_only": self.critic_only,
         }
 
     def load_state(self, state: dict) -> None:
@@ -290,3 +314,5 @@ class MeanVarianceObjective:
         self.value_opt.load_state_dict(state["value_opt"])
         self.alpha_opt.load_state_dict(state["alpha_opt"])
         self.updates = int(state["updates"])
+        self.restarted_at = int(state.get("restarted_at", 0))  # checkpoints from before restarts: none yet
+        self.critic_only = int(state.get("critic_only", 0))

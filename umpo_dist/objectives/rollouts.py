@@ -163,6 +163,9 @@ class ModelTransitions:
             store[pos] = batch[k][keep].to(store.dtype)
         self.total += m
 
+    def clear(self) -> None:
+        self.total = 0
+
     def sample(self, n: int) -> dict[str, torch.Tensor]:
         """`n` transitions drawn uniformly, with replacement."""
         idx = torch.randint(len(self), (n,), device=self.data["reward"].device)
