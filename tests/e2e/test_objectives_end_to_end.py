@@ -39,7 +39,19 @@ CASES = {
                         "policy.value_bounds=true", "policy.critic=q"),
                        ("policy/model_start_buffer", "policy/objective", "policy/value_low", "policy/value_high"),
                        ("actor_opt", "value_opt")),
+    # mean_variance restarting on each model 20 updates newer (policy.restart_every: fresh Adam moments, then
+    # critic-only updates); its optimisers' step counts are checked below
+    "restart": (("policy.restart_every=20", "policy.critic_warmup=5"), ("policy/restarted_at", "policy/objective"), ()),
 }
+
+
+def assert_restarted(state: dict, warmup: int = 5) -> None:
+    """The learner restarted on a model of 20 updates or more; since then the critic's Adam took every update and
+    the actor's all but the `warmup` critic-only ones."""
+    assert state["restarted_at"] >= 20
+    critic, actor = (max(optimiser_steps(state, name), default=0) for name in ("value_opt", "actor_opt"))
+    assert 0 < critic <= state["updates"] and actor == max(0, critic - warmup)
+    assert state["critic_only"] == max(0, warmup - critic)
 
 
 def assert_normalised_with_a_replay_prefix(ckpt: dict) -> None:
@@ -65,7 +77,8 @@ def policy_at_start(runner) -> dict:
 
 
 @pytest.mark.parametrize(("case", "runtime", "resumed_in"),
-                         [("mnm", "ray", "inline"), ("dyna", "inline", "ray"), ("double_horizon", "ray", "inline")])
+                         [("mnm", "ray", "inline"), ("dyna", "inline", "ray"), ("double_horizon", "ray", "inline"),
+                          ("restart", "ray", "inline")])
 def test_the_objective_trains_in_both_runtimes_and_resumes_from_its_checkpoint(case, runtime, resumed_in,
                                                                                 local_ray, workdir):
     overrides, metrics, optimisers = CASES[case]
@@ -81,6 +94,8 @@ def test_the_objective_trains_in_both_runtimes_and_resumes_from_its_checkpoint(c
         assert optimiser_steps(state, name) == {updates}, name
     if "model.normalizer=replay" in overrides:
         assert_normalised_with_a_replay_prefix(ckpt)
+    if case == "restart":
+        assert_restarted(state)
     logged = MlflowClient().get_run(first["run_id"]).data.metrics
     for key in metrics:
         assert key in logged, key
@@ -108,5 +123,8 @@ def test_the_objective_trains_in_both_runtimes_and_resumes_from_its_checkpoint(c
             assert ckpt_state["value"]["high"] > ckpt_state["value"]["low"]
             assert torch.equal(ckpt_state["target_value"]["high"], ckpt_state["value"]["high"])
         assert not torch.equal(final["value"]["high"], state["value"]["high"])  # tracked on after the resume
+    if case == "restart":  # the resumed run restarts on from the checkpoint's last restart
+        assert_restarted(final)
+        assert final["restarted_at"] > state["restarted_at"]
     if "mnm.model_realism=0.5" in overrides:  # the model learner trained against the classifier
         assert "model/realism_loss" in MlflowClient().get_run(second["run_id"]).data.metrics

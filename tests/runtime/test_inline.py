@@ -128,3 +128,16 @@ def test_a_long_round_of_model_updates_logs_its_held_out_evaluation():
     assert [step for step, _ in rounds] == [200, 400, 600], [step for step, _ in logged]
     for step, m in rounds:
         assert np.isfinite(m["model/val_nll"]), (step, m)
+
+
+def test_bursts_of_updates_restart_the_policy_learner_on_each_new_model():
+    """`policy.restart_every` in the inline runner: rounds of 200 env steps bring 100 model updates each (after
+    the 20 warm-up ones at 200), so the policy learner restarts on the models of 400 (120 updates) and 600 (220)."""
+    torch.set_num_threads(1)
+    cfg = config.from_dict({}, [*FAST, "train.train_every=200", "train.eval_every=10000", "policy.restart_every=100",
+                                "policy.critic_warmup=10"])
+    logged = []
+    runner = InlineRunner(cfg, lambda m, step: logged.append((step, m)))
+    runner.run()
+    assert [(step, m["policy/restarted_at"]) for step, m in logged if "policy/objective" in m] == [(400, 120), (600, 220)]
+    assert runner.objective.critic_only == 0 and runner.objective.updates == 400
