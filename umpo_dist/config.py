@@ -141,7 +141,7 @@ class PolicyConfig:
     # afresh, its buffer of model start states is emptied (the older model's states), and its next
     # `critic_warmup` updates train the critic alone on the new model's rollouts, the actor and α held. The
     # trigger is the model's update count, so both runtimes restart alike (inline with `train.train_every`
-    # bursts: once per burst when its model updates reach `restart_every`). 0: never.
+    # bursts: once per burst when its model updates reach `restart_every`). 0: never. Not for `dyna`.
     restart_every: int = ranged(0, 0)
     critic_warmup: int = ranged(0, 0)  # critic-only updates after each restart (needs `restart_every`)
 
@@ -352,6 +352,9 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
     if cfg.policy.critic_warmup and not cfg.policy.restart_every:
         raise ConfigError(f"config key 'policy.critic_warmup' = {cfg.policy.critic_warmup} counts updates after "
                           f"a restart, but 'policy.restart_every' = 0 never restarts")
+    if cfg.policy.restart_every and cfg.policy.objective == "dyna":  # dyna's SAC learner has no restart
+        raise ConfigError(f"config key 'policy.restart_every' = {cfg.policy.restart_every} restarts the "
+                          f"mean_variance policy learner (and mnm's); 'policy.objective' = 'dyna' does not restart")
     if cfg.policy.real_critic_batch and cfg.policy.critic != "q":
         raise ConfigError(f"config key 'policy.real_critic_batch' = {cfg.policy.real_critic_batch} needs "
                           f"'policy.critic' = 'q' (a real transition's action is not the policy's), got "

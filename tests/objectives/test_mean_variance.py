@@ -558,3 +558,9 @@ def test_a_restart_on_a_newer_model_resets_adam_empties_the_model_starts_and_tra
 def test_critic_warmup_without_restarts_is_refused():
     with pytest.raises(ConfigError, match="policy.critic_warmup"):
         validate(make_config(seed=0, critic_warmup=10), check_env=False)
+
+
+def test_restarts_are_refused_for_the_dyna_objective():
+    with pytest.raises(ConfigError, match="policy.restart_every.*'dyna'"):
+        validate(make_config(seed=0, restart_every=100, objective="dyna"), check_env=False)
+    validate(make_config(seed=0, restart_every=100, objective="mnm"), check_env=False)
