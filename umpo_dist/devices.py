@@ -1,6 +1,10 @@
-"""Where learners compute: `cuda` when a GPU was assigned, the CPU otherwise."""
+"""Where learners compute: `cuda` when a GPU was assigned, the CPU otherwise; and how a CPU process is set up
+for it (its torch threads, its allocator)."""
 
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
 
 import numpy as np
 import torch
@@ -16,6 +20,29 @@ def select_device(gpu_ids=None) -> torch.device:
 def set_threads(cpus: float) -> None:
     """One torch thread per allotted CPU: oversubscribed threads slow batched matmuls ~12× here."""
     torch.set_num_threads(max(1, int(cpus)))
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks below it come from the heap, not from a fresh mmap
+_TRIM_THRESHOLD = 1 << 30  # free heap memory up to this much is kept, not handed back to the OS
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep the memory a process frees for its next allocations; False where that is not glibc.
+
+    A policy update allocates and frees the same few-MB activations every time (H × E × B rows through the
+    critic); by default glibc returns them to the OS and every update page-faults them in afresh: ≈ 10,000
+    page faults per Hopper update, ≈ 17 % of its time on this machine (`benchmarks/policy_update.py
+    --allocator default`). With fixed thresholds the heap keeps them (and stops adapting them on its own).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):  # no C library found, or one without mallopt (not glibc)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
 
 def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from umpo_dist import config as config_mod
 from umpo_dist.config import Config, ConfigError
-from umpo_dist.devices import set_threads
+from umpo_dist.devices import keep_freed_memory, set_threads
 from umpo_dist.diagnostics.plots import model_diagnostics_png
 from umpo_dist.envs.spec import EnvSpec, env_spec
 from umpo_dist.ops.artifacts import POLICY_README, export_policy, exported_evaluation, learning_curve_png
@@ -76,6 +76,7 @@ def train(
         ckpt = load_checkpoint(ckpt_path, meta)  # verified whole before anything starts
 
     set_threads(cfg.resources.learner_cpus)
+    keep_freed_memory()  # the inline runner's learners compute in this process
     tracker = Tracker(cfg, run_id)
     run_dir = (Path(cfg.tracking.runs_dir) / tracker.run_id).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import ray
 
 from umpo_dist.ops.checkpoint import load_learner_state
 from umpo_dist.config import Config
-from umpo_dist.devices import select_device, set_threads
+from umpo_dist.devices import keep_freed_memory, select_device, set_threads
 from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.model_learner import build_model_learner
 from umpo_dist.objectives import build_objective
@@ -84,6 +84,7 @@ class _LearnerActor:
     def __init__(self, cfg: Config, store, run_dir: str | None, cores: list[int] | None = None):
         pin_to(cores)
         set_threads(assigned_cpus())
+        keep_freed_memory()
         self.device = select_device(ray.get_gpu_ids())
         self.cfg, self.store, self.run_dir = cfg, store, run_dir
         self.restarted = was_restarted()
