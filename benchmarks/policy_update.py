@@ -118,9 +118,8 @@ def main() -> None:
 
     # First with the C library's own allocator policy, then as the learners run (freed memory kept).
     ms_default = ms_per_update()
-    ms = ms_per_update() if keep_freed_memory() else None
-    kept = ms is not None
-    ms = ms if kept else ms_default
+    kept = keep_freed_memory()
+    ms = ms_per_update() if kept else ms_default
     with FlopCounterMode(display=False) as counter:
         objective.update(data)
     gflop = counter.get_total_flops() / 1e9

@@ -32,9 +32,9 @@ def keep_freed_memory() -> bool:
     """Make glibc keep the memory a process frees for its next allocations; False where that is not glibc.
 
     A policy update allocates and frees the same few-MB activations every time (H × E × B rows through the
-    critic); by default glibc returns them to the OS and every update page-faults them in afresh: ≈ 10,000
-    page faults per Hopper update, ≈ 17 % of its time on this machine (`benchmarks/policy_update.py
-    --allocator default`). With fixed thresholds the heap keeps them (and stops adapting them on its own).
+    critic); by default glibc returns them to the OS and every update page-faults them in afresh: ≈ 6,000
+    page faults per Hopper update, ≈ 17–20 % of its time on this machine (`benchmarks/policy_update.py` times
+    both). With fixed thresholds the heap keeps them (and glibc stops adapting the thresholds on its own).
     """
     name = ctypes.util.find_library("c")
     try:
