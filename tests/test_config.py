@@ -259,3 +259,11 @@ def test_real_critic_batch_needs_a_q_critic():
     with pytest.raises(ConfigError, match=esc("'policy.real_critic_batch' = 64 needs 'policy.critic' = 'q'")):
         C.from_dict({}, ["policy.real_critic_batch=64"])
     assert C.from_dict({}, ["policy.real_critic_batch=64", "policy.critic=q"]).policy.real_critic_batch == 64
+
+
+def test_inline_rounds_are_refused_by_the_ray_runtime_rather_than_ignored():
+    # The Ray learners run continuously under the rate limiter: bursts of 500 env steps would silently not happen.
+    with pytest.raises(ConfigError, match=esc("'train.train_every' = 500") + ".*'runtime' = 'inline'"):
+        C.from_dict({"runtime": "ray", "train": {"train_every": 500}})
+    assert C.from_dict({"runtime": "inline", "train": {"train_every": 500}}).train.train_every == 500
+    assert C.from_dict({"runtime": "ray", "train": {"train_every": 10}}).runtime == "ray"  # the default: no rounds

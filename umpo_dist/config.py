@@ -203,7 +203,9 @@ class TrainConfig:
     model_warmup_updates: int = ranged(300, 0)  # model updates before the first policy update
     model_updates_per_step: float = ranged(0.5, 0, open_low=True)  # target model updates per env step
     policy_updates_per_step: float = ranged(1.0, 0, open_low=True)  # target policy updates per env step
-    train_every: int = ranged(10, 1)  # env steps between learner rounds (inline runner)
+    # env steps between learner rounds (inline runner); the Ray runtime's learners run on their own under the
+    # rate limiter, so there a value other than the default is refused rather than ignored
+    train_every: int = ranged(10, 1)
     updates_per_call: int = ranged(50, 1)  # learner updates per actor call (Ray runtime)
     # learner updates between publications of a learner's weights (and at each call's end), and between the
     # policy learner's looks for a newer model (Ray runtime)
@@ -359,6 +361,11 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
         raise ConfigError(f"config key 'policy.real_critic_batch' = {cfg.policy.real_critic_batch} needs "
                           f"'policy.critic' = 'q' (a real transition's action is not the policy's), got "
                           f"{cfg.policy.critic!r}")
+    rounds = TrainConfig().train_every
+    if cfg.runtime == "ray" and cfg.train.train_every != rounds:
+        raise ConfigError(f"config key 'train.train_every' = {cfg.train.train_every} sets the inline runner's rounds "
+                          f"of collection and updates; with 'runtime' = 'ray' the learners run continuously under the "
+                          f"rate limiter and would ignore it: use 'runtime' = 'inline', or leave it at {rounds}")
     gpus = cfg.resources.learner_gpus
     if gpus != "auto":
         try:
