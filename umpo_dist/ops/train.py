@@ -76,7 +76,7 @@ def train(
         ckpt = load_checkpoint(ckpt_path, meta)  # verified whole before anything starts
 
     set_threads(cfg.resources.learner_cpus)
-    keep_freed_memory()  # the inline runner's learners compute in this process
+    keep_freed_memory()  # inline, the learners compute in this process (with Ray, in their actors: learners.py)
     tracker = Tracker(cfg, run_id)
     run_dir = (Path(cfg.tracking.runs_dir) / tracker.run_id).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
