@@ -226,6 +226,10 @@ def main() -> None:
                   f"{s['model_updates']:,} model / {s['policy_updates']:,} policy updates; model diagnostics "
                   f"{100 * (s['diagnostics_share'] or 0):.2f}% of the wall-clock, warnings at {s['model_warnings']}",
                   flush=True)
+            if s.get("update_ms"):  # the Ray runtime: where the learners computed and what their updates cost
+                print("  learners on " + ", ".join(f"{k} {v}" for k, v in sorted(s["devices"].items())) + "; ms per update "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in sorted(s["update_ms"].items())) + "; busy share "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in sorted(s["utilisation"].items())), flush=True)
     if len(finals) > 1:
         print(f"final return over seeds {args.seeds}: {statistics.fmean(finals):.1f} ± {statistics.stdev(finals):.1f}")
 
