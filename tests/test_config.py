@@ -261,9 +261,11 @@ def test_real_critic_batch_needs_a_q_critic():
     assert C.from_dict({}, ["policy.real_critic_batch=64", "policy.critic=q"]).policy.real_critic_batch == 64
 
 
-def test_inline_rounds_are_refused_by_the_ray_runtime_rather_than_ignored():
-    # The Ray learners run continuously under the rate limiter: bursts of 500 env steps would silently not happen.
-    with pytest.raises(ConfigError, match=esc("'train.train_every' = 500") + ".*'runtime' = 'inline'"):
-        C.from_dict({"runtime": "ray", "train": {"train_every": 500}})
-    assert C.from_dict({"runtime": "inline", "train": {"train_every": 500}}).train.train_every == 500
+def test_ray_rounds_must_be_longer_than_the_ratio_tolerance():
+    # Shorter rounds are what the continuous rate limiter already does: they would silently not happen.
+    with pytest.raises(ConfigError, match=esc("'train.train_every' = 50") + ".*"
+                       + esc("'resources.ratio_tolerance' = 100")):
+        C.from_dict({"runtime": "ray", "train": {"train_every": 50}})
+    assert C.from_dict({"runtime": "ray", "train": {"train_every": 500}}).train.train_every == 500
+    assert C.from_dict({"runtime": "inline", "train": {"train_every": 50}}).train.train_every == 50
     assert C.from_dict({"runtime": "ray", "train": {"train_every": 10}}).runtime == "ray"  # the default: no rounds

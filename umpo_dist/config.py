@@ -203,8 +203,10 @@ class TrainConfig:
     model_warmup_updates: int = ranged(300, 0)  # model updates before the first policy update
     model_updates_per_step: float = ranged(0.5, 0, open_low=True)  # target model updates per env step
     policy_updates_per_step: float = ranged(1.0, 0, open_low=True)  # target policy updates per env step
-    # env steps between learner rounds (inline runner); the Ray runtime's learners run on their own under the
-    # rate limiter, so there a value other than the default is refused rather than ignored
+    # env steps per round: collect them, then take all the updates they allow (model first, then policy), then
+    # the next round. The inline runner always works in rounds; the Ray runtime does when this is longer than
+    # `resources.ratio_tolerance` and than the default (the env workers wait for the learners at each round's
+    # end), and otherwise runs its learners continuously under the rate limiter (other values are refused)
     train_every: int = ranged(10, 1)
     updates_per_call: int = ranged(50, 1)  # learner updates per actor call (Ray runtime)
     # learner updates between publications of a learner's weights (and at each call's end), and between the
@@ -361,11 +363,12 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
         raise ConfigError(f"config key 'policy.real_critic_batch' = {cfg.policy.real_critic_batch} needs "
                           f"'policy.critic' = 'q' (a real transition's action is not the policy's), got "
                           f"{cfg.policy.critic!r}")
-    rounds = TrainConfig().train_every
-    if cfg.runtime == "ray" and cfg.train.train_every != rounds:
-        raise ConfigError(f"config key 'train.train_every' = {cfg.train.train_every} sets the inline runner's rounds "
-                          f"of collection and updates; with 'runtime' = 'ray' the learners run continuously under the "
-                          f"rate limiter and would ignore it: use 'runtime' = 'inline', or leave it at {rounds}")
+    every, default, tolerance = cfg.train.train_every, TrainConfig().train_every, cfg.resources.ratio_tolerance
+    if cfg.runtime == "ray" and every != default and every <= max(tolerance, default):
+        raise ConfigError(f"config key 'train.train_every' = {every} asks for rounds of collection and updates; with "
+                          f"'runtime' = 'ray' a round must be longer than 'resources.ratio_tolerance' = {tolerance} "
+                          f"and than {default} (shorter ones are what the continuous rate limiter already does, and "
+                          f"would be ignored): use more than {max(tolerance, default)}, or leave it at {default}")
     gpus = cfg.resources.learner_gpus
     if gpus != "auto":
         try:

@@ -25,23 +25,26 @@ class CallLog:
     """A callback that, from the first round on, records every call the driver puts in flight.
 
     It swaps `driver._inflight` for a dict that notes each new entry with the schedule's state
-    at that moment: (call, env steps, stop requested).
+    at that moment: (call, env steps, stop requested), and in `counters` (call kind, env steps,
+    model updates, policy updates).
     """
 
     def __init__(self):
         self.driver = None
         self.calls = []
+        self.counters = []
 
     def __call__(self, driver):
         if self.driver is not None:
             return
         self.driver = driver
-        calls = self.calls
+        calls, counters = self.calls, self.counters
 
         class Recording(dict):
             def __setitem__(self, ref, call):
                 s = driver.schedule
                 calls.append((call, s.env_steps, s.stop_requested))
+                counters.append((call.kind, s.env_steps, s.model_updates, s.policy_updates))
                 super().__setitem__(ref, call)
 
         driver._inflight = Recording(driver._inflight)
@@ -125,6 +128,44 @@ def test_workers_collect_on_their_own_within_the_ratios_and_never_below_the_mini
     assert summary["acknowledged_in_session"] == sum(summary["worker_steps"].values()) == summary["env_steps"]
     print("steps by worker:", summary["worker_steps"])
     assert min(summary["worker_steps"].get(i, 0) for i in range(2)) >= chunk
+
+
+def test_rounds_hold_the_workers_at_each_round_end_until_both_learners_have_its_updates(local_ray, workdir):
+    """`train.train_every` above the ratio tolerance: rounds, as the inline runner makes them. No grant crosses a
+    round's end; the learners learn from whole rounds, the policy only once the model has the round's updates;
+    the evaluations fall at round ends, after the round's updates; the ratios hold at the end."""
+    every = 100
+    cfg = ip_config(*RUN, f"train.train_every={every}", "train.eval_every=200")
+    assert every > cfg.resources.ratio_tolerance
+    log, notes = CallLog(), []
+
+    def watch(driver):
+        log(driver)
+        if not notes:
+            notes.append(record_grants(driver.replay))
+        notes[1:] = [notes[0]()]
+
+    summary = train(cfg, progress=False, callbacks=[watch])
+    assert summary["env_steps"] == TOTAL
+    grants = [(planned, steps) for planned, _, _, steps, random in notes[1] if not random and steps > 0]
+    print("grants after the random phase (planned, steps):", grants)
+    assert sum(steps for _, steps in grants) == TOTAL - RANDOM
+    assert all(planned // every == (planned + steps - 1) // every for planned, steps in grants)
+    t = cfg.train
+    model_target = lambda steps: t.model_warmup_updates + round(t.model_updates_per_step * (steps - RANDOM))  # noqa: E731
+    learner_calls = [c for c in log.counters if c[0] in ("model", "policy")]
+    print("learner calls (kind, env steps, model updates, policy updates):", learner_calls)
+    for kind, env_steps, model_updates, policy_updates in learner_calls:
+        whole = env_steps // every * every
+        assert whole >= RANDOM  # nothing to learn before the random steps are in
+        if kind == "model":
+            assert model_updates < model_target(whole)
+        else:  # on the round's whole model
+            assert model_updates == model_target(whole)
+            assert policy_updates < round(t.policy_updates_per_step * (whole - RANDOM))
+    assert [step for step, _ in summary["evaluations"]] == [0, 200, 400, 600]
+    assert summary["model_ratio"] == pytest.approx(t.model_updates_per_step, abs=0.01)
+    assert summary["policy_ratio"] == pytest.approx(t.policy_updates_per_step, abs=0.01)
 
 
 def test_a_schedule_that_allows_nothing_is_a_stall_error(local_ray, workdir):

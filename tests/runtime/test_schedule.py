@@ -140,6 +140,63 @@ def test_a_whole_run_never_stalls_and_holds_the_ratios(tolerance, chunk_size, mo
     assert summary["policy_ratio"] == pytest.approx(policy_ratio, abs=1 / 4_500)
 
 
+@pytest.mark.parametrize("train_every, chunk_size, random_steps", [(300, 100, RANDOM), (250, 100, 600), (400, 64, RANDOM)])
+def test_rounds_alternate_collection_and_all_of_its_updates_model_first(train_every, chunk_size, random_steps):
+    """Rounds (`train_every` above the tolerance): no chunk crosses a round's end; a round starts only once both
+    learners have every update the steps before it allow; the learners learn from whole rounds only, the policy
+    only on a model that has all of the round's updates; evaluations see the policy after them. A run driven
+    so (learners in bursts of at most 50 updates, as the Ray driver's calls) never stalls and meets the ratios."""
+    cfg = train_cfg(total_env_steps=5_000, train_every=train_every, random_steps=random_steps, eval_every=1000)
+    s = Schedule(cfg, tolerance=100)
+    assert s.round_steps == train_every
+    in_flight, evaluated = 0, []
+    for _ in range(100_000):  # a turn: the env workers and both learners each do what they may
+        if s.done():
+            break
+        if s.eval_due():
+            assert s.caught_up(s.env_steps)
+            evaluated.append((s.eval_started(), s.policy_updates))
+        chunk = s.next_chunk(in_flight, chunk_size)
+        if chunk is not None:
+            start = s.env_steps + in_flight
+            end = start + chunk.steps
+            if not chunk.random:
+                assert (end - 1) // train_every == start // train_every  # within one round
+                if start % train_every == 0:
+                    assert s.caught_up(start)
+            in_flight += chunk.steps
+        if in_flight and (chunk is None or chunk.random or in_flight >= 2 * chunk_size):  # two chunks arrive together
+            s.env_steps, in_flight = s.env_steps + in_flight, 0
+        m, p = s.model_updates_allowed(), s.policy_updates_allowed()
+        assert m or p or chunk is not None or in_flight, f"stalled at {s.env_steps} env steps"
+        whole = s.env_steps // train_every * train_every  # the steps of whole rounds, and the budget's last
+        whole = s.env_steps if s.env_steps == cfg.total_env_steps else whole
+        assert s.model_updates + m == s.model_limiter.target_updates(whole)
+        if p:
+            assert s.model_caught_up(whole)  # the policy goes only on the round's whole model
+        s.model_updates += min(m, 50)
+        s.policy_updates += min(p, 50)
+    assert s.done() and s.env_steps == cfg.total_env_steps
+    # Each evaluation at the end of the round that reached its multiple of `eval_every` (as the inline runner's).
+    assert [step // 1000 for step, _ in evaluated] == [0, 1, 2, 3, 4]
+    assert all(step % train_every == 0 and step - step // 1000 * 1000 < train_every for step, _ in evaluated)
+    target = s.policy_limiter.target_updates
+    assert [updates for _, updates in evaluated] == [target(step) for step, _ in evaluated]
+    s.model_updates += s.model_updates_allowed()
+    s.policy_updates += s.policy_updates_allowed()
+    assert s.summary(1.0)["policy_ratio"] == pytest.approx(1.0, abs=1 / 4_000)
+
+
+def test_rounds_need_a_train_every_above_the_tolerance_and_the_default():
+    assert Schedule(train_cfg(train_every=500), tolerance=100).round_steps == 500
+    assert Schedule(train_cfg(train_every=100), tolerance=100).round_steps == 0  # the rate limiter's own window
+    assert Schedule(train_cfg(), tolerance=1).round_steps == 0  # the default: continuous, whatever the tolerance
+    continuous = Schedule(train_cfg(), tolerance=100)
+    continuous.env_steps = RANDOM + 100
+    continuous.model_updates = WARMUP  # behind by 50 updates: the policy goes anyway, on the model it has
+    assert continuous.policy_updates_allowed() == 100
+
+
 # -- evaluation and stop -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("jump, expected", [(False, [0, 1000, 2000, 3000]), (True, [0, 1000, 2020, 3000])])
 def test_evaluations_fall_at_multiples_of_eval_every(jump, expected):

@@ -39,10 +39,18 @@ class Chunk:
 class Schedule:
     def __init__(self, cfg: TrainConfig, tolerance: int = 0, watch: ExploitationWatch | None = None):
         """`tolerance`: env steps the collection may run ahead of what the learners have consumed;
-        `watch`: the model-exploitation warning's rule (none: never warns)."""
+        `watch`: the model-exploitation warning's rule (none: never warns).
+
+        Rounds (`train.train_every` longer than both the tolerance and its default): collection takes a
+        round's env steps; once they are all in, the learners take all the updates they allow, the model's
+        before the policy's, and collection waits; the round's evaluation sees the policy after them; then
+        the next round. Otherwise the learners run continuously, at most `tolerance` env steps behind. (The
+        inline runner makes its rounds itself, and there these rules hold anyway.)
+        """
         self.cfg = cfg
         self.watch = watch
         self.tolerance = tolerance
+        self.round_steps = cfg.train_every if cfg.train_every > max(tolerance, TrainConfig().train_every) else 0
         self.model_limiter = RateLimiter(cfg.model_updates_per_step, cfg.random_steps, cfg.model_warmup_updates, tolerance)
         self.policy_limiter = RateLimiter(cfg.policy_updates_per_step, cfg.random_steps, 0, tolerance)
         self.env_steps = 0
@@ -59,8 +67,15 @@ class Schedule:
         self.stop_requested = False
 
     # -- learners ---------------------------------------------------------------
+    def learner_steps(self) -> int:
+        """The env steps the learners' updates are counted against: with rounds, those of whole rounds
+        (and the budget's last, shorter one)."""
+        if not self.round_steps or self.env_steps >= self.cfg.total_env_steps:
+            return self.env_steps
+        return self.env_steps // self.round_steps * self.round_steps
+
     def model_updates_allowed(self) -> int:
-        return self.model_limiter.updates_allowed(self.env_steps, self.model_updates)
+        return self.model_limiter.updates_allowed(self.learner_steps(), self.model_updates)
 
     @property
     def warmed_up(self) -> bool:
@@ -68,9 +83,18 @@ class Schedule:
         return self.model_updates >= self.cfg.model_warmup_updates
 
     def policy_updates_allowed(self) -> int:
-        if not self.warmed_up:
+        steps = self.learner_steps()
+        if not self.warmed_up or (self.round_steps and not self.model_caught_up(steps)):
             return 0
-        return self.policy_limiter.updates_allowed(self.env_steps, self.policy_updates)
+        return self.policy_limiter.updates_allowed(steps, self.policy_updates)
+
+    def model_caught_up(self, env_steps: int) -> bool:
+        return self.model_updates >= self.model_limiter.target_updates(env_steps)
+
+    def caught_up(self, env_steps: int) -> bool:
+        """Both learners have taken every update `env_steps` allow."""
+        return (self.model_caught_up(env_steps)
+                and self.policy_updates >= self.policy_limiter.target_updates(env_steps))
 
     # -- collection -------------------------------------------------------------
     def next_chunk(self, in_flight_steps: int, chunk_size: int, limit: int | None = None) -> Chunk | None:
@@ -78,8 +102,9 @@ class Schedule:
 
         Random steps come first. After them the learners' ratios (plus the tolerance)
         bound the steps, and a chunk smaller than a quarter chunk waits for a bigger
-        allowance: tiny chunks each cost a round trip. No chunk passes `limit` (default:
-        the budget).
+        allowance: tiny chunks each cost a round trip. With rounds, a chunk runs to the
+        end of its round at most, and a new round starts once the learners have caught
+        up with the last one. No chunk passes `limit` (default: the budget).
         """
         planned = self.env_steps + in_flight_steps
         total = self.cfg.total_env_steps
@@ -88,6 +113,11 @@ class Schedule:
             return None
         if planned < self.cfg.random_steps:
             return Chunk(min(chunk_size, self.cfg.random_steps - planned, budget), True)
+        if self.round_steps:
+            if planned % self.round_steps == 0 and not self.caught_up(planned):
+                return None
+            round_end = (planned // self.round_steps + 1) * self.round_steps
+            return Chunk(min(chunk_size, round_end - planned, budget), False)
         allowed = min(self.model_limiter.env_steps_allowed(planned, self.model_updates),
                       self.policy_limiter.env_steps_allowed(planned, self.policy_updates))
         n = min(chunk_size, allowed, budget)
@@ -105,6 +135,9 @@ class Schedule:
 
     # -- evaluation and stop ----------------------------------------------------
     def eval_due(self) -> bool:
+        """With rounds, at the end of the round that reached the evaluation step, once it had its updates."""
+        if self.round_steps and not (self.env_steps == self.learner_steps() and self.caught_up(self.env_steps)):
+            return False
         return not self.done() and self.env_steps >= self.next_eval
 
     def eval_started(self) -> int:
