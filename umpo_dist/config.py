@@ -140,8 +140,8 @@ class PolicyConfig:
     # updates since the last restart, the policy learner's Adam moments (actor, critic, temperature) start
     # afresh, its buffer of model start states is emptied (the older model's states), and its next
     # `critic_warmup` updates train the critic alone on the new model's rollouts, the actor and α held. The
-    # trigger is the model's update count, so both runtimes restart alike (inline with `train.train_every`
-    # bursts: once per burst when its model updates reach `restart_every`). 0: never. Not for `dyna`.
+    # trigger is the model's update count, so both runtimes restart alike (with `train.train_every` rounds,
+    # once per round whose model updates reach `restart_every`). 0: never. Not for `dyna`.
     restart_every: int = ranged(0, 0)
     critic_warmup: int = ranged(0, 0)  # critic-only updates after each restart (needs `restart_every`)
 
