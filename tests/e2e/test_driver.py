@@ -166,6 +166,11 @@ def test_rounds_hold_the_workers_at_each_round_end_until_both_learners_have_its_
     assert [step for step, _ in summary["evaluations"]] == [0, 200, 400, 600]
     assert summary["model_ratio"] == pytest.approx(t.model_updates_per_step, abs=0.01)
     assert summary["policy_ratio"] == pytest.approx(t.policy_updates_per_step, abs=0.01)
+    # Resumed from its checkpoint for two more rounds: the rounds go on from the counters it kept.
+    more = train(None, resume=summary["run_id"], overrides=["train.total_env_steps=800"], progress=False)
+    assert more["env_steps"] == 800 and [step for step, _ in more["evaluations"]][-2:] == [600, 800]
+    assert more["model_updates"] == model_target(800)
+    assert more["policy_updates"] == round(t.policy_updates_per_step * (800 - RANDOM))
 
 
 def test_a_schedule_that_allows_nothing_is_a_stall_error(local_ray, workdir):
