@@ -217,6 +217,11 @@ class TrainConfig:
     stop_at_return: float | None = None  # stop once an evaluation reaches this return
     seed: int = ranged(0, 0, 2**31 - 1)  # seeds envs, replay draws and network initialisation
 
+    def round_steps(self, tolerance: int) -> int:
+        """The rounds' length, or 0 for continuous learners: rounds need a `train_every` longer than the
+        env steps the workers may run ahead (`tolerance`) and than its default."""
+        return self.train_every if self.train_every > max(tolerance, TrainConfig.train_every) else 0
+
 
 @dataclass
 class ResourcesConfig:
@@ -363,8 +368,8 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
         raise ConfigError(f"config key 'policy.real_critic_batch' = {cfg.policy.real_critic_batch} needs "
                           f"'policy.critic' = 'q' (a real transition's action is not the policy's), got "
                           f"{cfg.policy.critic!r}")
-    every, default, tolerance = cfg.train.train_every, TrainConfig().train_every, cfg.resources.ratio_tolerance
-    if cfg.runtime == "ray" and every != default and every <= max(tolerance, default):
+    every, default, tolerance = cfg.train.train_every, TrainConfig.train_every, cfg.resources.ratio_tolerance
+    if cfg.runtime == "ray" and every != default and not cfg.train.round_steps(tolerance):
         raise ConfigError(f"config key 'train.train_every' = {every} asks for rounds of collection and updates; with "
                           f"'runtime' = 'ray' a round must be longer than 'resources.ratio_tolerance' = {tolerance} "
                           f"and than {default} (shorter ones are what the continuous rate limiter already does, and "

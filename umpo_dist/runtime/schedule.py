@@ -50,7 +50,7 @@ class Schedule:
         self.cfg = cfg
         self.watch = watch
         self.tolerance = tolerance
-        self.round_steps = cfg.train_every if cfg.train_every > max(tolerance, TrainConfig().train_every) else 0
+        self.round_steps = cfg.round_steps(tolerance)
         self.model_limiter = RateLimiter(cfg.model_updates_per_step, cfg.random_steps, cfg.model_warmup_updates, tolerance)
         self.policy_limiter = RateLimiter(cfg.policy_updates_per_step, cfg.random_steps, 0, tolerance)
         self.env_steps = 0
