@@ -83,6 +83,30 @@ def test_wait_blocks_until_a_version_is_published_and_times_out_otherwise(local_
     assert poll_answered(sub) is None
 
 
+def test_fetch_asks_now_where_poll_would_take_an_answer_given_before_the_newer_version(local_ray):
+    """`poll` keeps one request in flight, so its answer can predate what the store holds now; `fetch` asks
+    afresh (a learner's or worker's call start, a round's first steps), and no answer to an older question
+    ever takes a subscriber back to an older version."""
+    store = WeightStoreActor.remote()
+    sub = WeightSubscriber(store, "model")
+    publish(store, "model", 1, weights(1.0))
+    assert sub.version == -1 and same(poll_answered(sub), weights(1.0))
+    ray.wait([sub._pending])  # "anything newer than 1?" answered: no
+    publish(store, "model", 2, weights(2.0))
+    assert sub.fetch() is not None and sub.version == 2  # poll would have said None here, from that answer
+    assert poll_answered(sub) is None and sub.version == 2
+
+    # An answer in flight ("newer than 2": 3) overtaken by a fetch of 4 is not taken afterwards.
+    sub._pending = store.latest.remote("model", 2)
+    publish(store, "model", 3, weights(3.0))
+    ray.wait([sub._pending])
+    publish(store, "model", 4, weights(4.0))
+    assert same(sub.fetch(), weights(4.0)) and sub.version == 4
+    assert poll_answered(sub) is None and sub.version == 4
+    stale = sub._take(ray.get(store.latest.remote("model", 2)))  # an answer to "newer than 2", taken late
+    assert stale is None and sub.version == 4
+
+
 @pytest.fixture
 def sequencer(local_ray):
     class Sequencer:  # defined here, so that it travels to the worker by value
@@ -270,6 +294,75 @@ def test_policy_learner_takes_a_newer_model_within_a_call(local_ray):
     ray.get(store.publish.remote("model", 2, build_ensemble(spec, cfg.model).state_dict()))
     # 19 looks in 100 updates: the store answers the first within milliseconds
     assert ray.get(learner.train.remote(100))["model_version"] == 2
+
+
+def test_policy_learner_starts_each_call_with_the_model_published_before_it(local_ray):
+    """With rounds the policy learner's call follows the round's last model publication, and each of its updates
+    must use that model: the call asks the store at its start rather than take the answer to a look sent during
+    the call before (which said "nothing newer"). A one-update call makes no look within it."""
+    from test_distributed import FAST, ip_config
+    from umpo_dist.models.ensemble import build_ensemble
+    from umpo_dist.runtime.ray.learners import PolicyLearnerActor
+
+    cfg = ip_config(*FAST, "train.publish_every=5")
+    spec, replay = replay_with_data(cfg)
+    store = RecordingStore.remote()
+    ray.get(store.publish.remote("model", 1, build_ensemble(spec, cfg.model).state_dict()))
+    learner = PolicyLearnerActor.options(num_cpus=0.5).remote(cfg, spec, replay, store)
+    assert ray.get(learner.train.remote(7))["model_version"] == 1  # a look at update 5 is in flight, then answered
+    time.sleep(0.5)
+    for version in (2, 3):
+        ray.get(store.publish.remote("model", version, build_ensemble(spec, cfg.model).state_dict()))
+        assert ray.get(learner.train.remote(1))["model_version"] == version
+
+
+def test_env_worker_asks_for_the_policy_when_the_learners_let_it_go_on(local_ray):
+    """A worker held back by the learners (a round's end) asks the store for the policy, and waits for the
+    answer, before its first step after the hold, as at the start of each call."""
+    import numpy as np
+
+    from test_distributed import FAST, ip_config
+    from umpo_dist.envs.spec import env_spec
+    from umpo_dist.runtime.admission import Grant
+    from umpo_dist.runtime.ray import env_worker
+
+    cfg = ip_config(*FAST)
+    spec = env_spec(cfg.env.id)
+    worker = env_worker.EnvWorker.options(num_cpus=0.25).remote(cfg, spec, 0, None, WeightStoreActor.remote())
+
+    def run_with(self, grants: list) -> list:
+        events = []
+        answers = iter(grants)
+        self._ask = lambda n: ray.put(next(answers))
+
+        class Replay:
+            class release:
+                @staticmethod
+                def remote(stream):
+                    events.append("release")
+
+        class Sender:
+            acknowledged, total = 0, 0
+
+            def send(self, batch):
+                events.append(("send", len(batch["reward"])))
+
+            def flush(self):
+                pass
+
+        self.replay, self.sender = Replay(), Sender()
+        self.policy_weights.version = 0  # it holds a policy: it acts with it
+        self.policy_weights.fetch = lambda: events.append("fetch")
+        self.policy_weights.poll = lambda: events.append("poll")
+        self.collector.collect = lambda n, act: (events.append(("collect", n)) or {"reward": np.zeros(n)}, [])
+        self.run(100, max_seconds=30.0)
+        return events
+
+    # Held back twice at the call's start (a worker that has sent something ends its call instead), then two
+    # chunks: one more fetch, before the first of them only.
+    grants = [Grant(0, False), Grant(0, False), Grant(4, False), Grant(3, False), Grant(0, False, closed=True)]
+    events = ray.get(worker.__ray_call__.remote(run_with, grants))
+    assert events == ["fetch", "fetch", ("collect", 4), ("send", 4), ("collect", 3), ("send", 3), "release"], events
 
 
 def test_env_worker_looks_for_policy_weights_by_the_clock_not_every_step(local_ray):

@@ -3,8 +3,10 @@
 It acts through a `NumpyPolicy` (the same actions at a third of torch's per-call cost at
 batch 8). It asks the replay for each chunk (the replay paces the workers by the learners'
 progress: `runtime/admission.py`) and sends it without waiting for the one before to be
-acknowledged. It looks for newer policy weights at the start of each call and, within
-it, at most every `WEIGHT_POLL_S` (a non-blocking poll of the weight store): far more
+acknowledged. It asks for newer policy weights (and waits for the answer) at the start of
+each call and whenever the learners let it go on after holding it back, so that a
+round's first steps act with the round's policy; between those, it looks at most every
+`WEIGHT_POLL_S` (a non-blocking poll of the weight store): far more
 often than a learner publishes (every `train.publish_every` updates, tens of ms each),
 and far less often than a step, whose batched inference costs less than one look.
 """
@@ -54,9 +56,11 @@ class EnvWorker:
         self._clock = time.perf_counter
         self._next_poll = 0.0
 
-    def _refresh(self) -> None:
+    def _refresh(self, ask_now: bool = False) -> None:
+        """Newer policy weights if there are some: `ask_now` waits for the store's answer (a call's start, so
+        that a round's first steps act with the round's policy), else a look that never waits."""
         self._next_poll = self._clock() + WEIGHT_POLL_S
-        weights = self.policy_weights.poll()
+        weights = self.policy_weights.fetch() if ask_now else self.policy_weights.poll()
         if weights is not None:
             self.policy.load_state_dict(weights)
             self.actor.load(self.policy)
@@ -79,8 +83,8 @@ class EnvWorker:
         deadline = time.perf_counter() + max_seconds
         acknowledged, busy, delay = self.sender.acknowledged, 0.0, WAIT_S[0]
         episodes, versions, sent = [], [], 0
-        self._refresh()
-        ask = self._ask(chunk_size)
+        self._refresh(ask_now=True)
+        ask, held_back = self._ask(chunk_size), False
         while ask is not None:
             grant, ask = self._answer(ask, chunk_size), None
             if grant.closed:
@@ -89,9 +93,12 @@ class EnvWorker:
                 if sent or time.perf_counter() + delay > deadline:
                     break
                 time.sleep(delay)
-                delay = min(2 * delay, WAIT_S[1])
+                delay, held_back = min(2 * delay, WAIT_S[1]), True
                 ask = self._ask(chunk_size)
                 continue
+            if held_back:  # the learners have caught up: act with the policy they have now
+                self._refresh(ask_now=True)
+                held_back = False
             delay = WAIT_S[0]
             if time.perf_counter() < deadline:
                 ask = self._ask(chunk_size)  # answered while this chunk is collected

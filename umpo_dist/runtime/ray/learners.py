@@ -202,7 +202,9 @@ class PolicyLearnerActor(_LearnerActor):
             self.learner.set_model_weights(weights, self.model_weights.version)
 
     def train(self, num_updates: int) -> dict:
-        weights = self.model_weights.poll() if self.learner.model_version >= 0 else self.model_weights.wait()
+        # The newest model as the call starts, asked now (with rounds, the round's whole model; `poll`'s
+        # request in flight may have been answered before it existed), then looked for within the call.
+        weights = self.model_weights.fetch() if self.learner.model_version >= 0 else self.model_weights.wait()
         started = time.perf_counter()  # after the first model's arrival: waiting for it is not work
         self._take_model(weights)
         rows = []

@@ -34,7 +34,7 @@ class WeightSubscriber:
         self._pending = None
 
     def _take(self, result) -> dict | None:
-        if result is None:
+        if result is None or result[0] <= self.version:  # an answer to an older question: nothing newer
             return None
         version, (ref,) = result
         weights = ray.get(ref)
@@ -58,7 +58,11 @@ class WeightSubscriber:
         return weights
 
     def fetch(self) -> dict | None:
-        """The newer weights if the store holds some, else None: one round trip, waited for."""
+        """The newer weights if the store holds some, else None: one round trip, waited for.
+
+        Unlike `poll`, whose request in flight may have been answered long before (a policy learner
+        starting a round would take the last round's model for its first looks), this asks now."""
+        self._pending = None
         held = call_with_retry(lambda: self.store.latest.remote(self.name, self.version), f"reading {self.name} weights")
         try:
             return self._take(held)
