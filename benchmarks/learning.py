@@ -41,13 +41,18 @@ TASKS = ("inverted_pendulum", "halfcheetah", "hopper", "walker2d")
 # from 20-step model rollouts): the earlier Hopper rows on the file are labelled `value_critic`, which reproduces them.
 VALUE_CRITIC = ["policy.critic=value", "policy.value_bounds=false", "policy.gamma=0.99", "policy.model_start_share=0.0",
                 "policy.real_critic_batch=0"]
+# Updates after every 10 env steps at a policy ratio of 1.0 and no restart, not DHMBPO's bursts and restart
+# (`train.train_every` 500, `policy.restart_every`): the compact reference's schedule. The earlier shipped Hopper
+# rows are labelled `no_bursts`, which reproduces them on hopper.yaml as it is now.
+NO_BURSTS = ["train.train_every=10", "train.policy_updates_per_step=1.0", "policy.restart_every=0",
+             "policy.critic_warmup=0"]
 VARIANTS: dict[str, list[str]] = {
     "shipped": [],
     # the compact single-process reference's algorithm settings
     "reference": [
         "model.ensemble_size=5", "model.hidden_layers=3", "model.hidden_size=200", "model.elites=4",
         "train.random_steps=500", "train.model_warmup_updates=300",
-        "train.model_updates_per_step=0.5", "train.policy_updates_per_step=1.0", "train.train_every=10",
+        "train.model_updates_per_step=0.5", *NO_BURSTS,
         # its critic, one plain value function on λ-returns at γ 0.99 from replay starts (hopper.yaml ships a
         # normalised ensemble of Q functions): so the rows of this variant and of `aligned` mean the same
         # whatever a task's file now carries
@@ -59,12 +64,15 @@ VARIANTS: dict[str, list[str]] = {
     # the other objectives on the task's config as shipped (design §3): the comparison of issue 11
     "mnm": ["policy.objective=mnm"],
     # MBPO-style: many cheap SAC updates per env step on mostly model transitions
-    "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5"],
+    # (it has no restart: off, where a task's file has one)
+    "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5", "policy.restart_every=0",
+             "policy.critic_warmup=0"],
 }
-VARIANTS["value_critic"] = VALUE_CRITIC
-# hopper.yaml before its Q critic also learned from real transitions (`policy.real_critic_batch`): the earlier
-# shipped Hopper rows are labelled with this, which reproduces them.
-VARIANTS["imagined_critic"] = ["policy.real_critic_batch=0"]
+VARIANTS["no_bursts"] = NO_BURSTS
+# The two critics hopper.yaml had earlier ran without the bursts too.
+VARIANTS["value_critic"] = VALUE_CRITIC + NO_BURSTS
+# hopper.yaml before its Q critic also learned from real transitions (`policy.real_critic_batch`)
+VARIANTS["imagined_critic"] = ["policy.real_critic_batch=0"] + NO_BURSTS
 # The policy settings before the audit, the defaults (InvertedPendulum's and HalfCheetah's configs took the
 # audit's policy settings; their earlier rows are labelled with this, which reproduces them on today's files).
 VARIANTS["unaligned"] = [
@@ -79,7 +87,8 @@ VARIANTS["audited"] = [
 ]
 VARIANTS["aligned"] = VARIANTS["reference"] + VARIANTS["audited"]
 # `aligned` with DHMBPO's critic pipeline and a normalised critic ensemble: hopper.yaml's algorithm (model, policy,
-# objective and ratios) on any task's file, but for the real-transition critic (0 here, as `reference` pins it)
+# objective and ratios) on any task's file, but for the real-transition critic and the bursts (none here, as
+# `reference` pins them)
 VARIANTS["dhmbpo_critic"] = VARIANTS["aligned"] + [
     "policy.value_members=5", "policy.value_layer_norm=true", "policy.critic=q", "policy.value_bounds=true",
     "policy.gamma=0.995", "policy.model_start_share=1.0", "policy.model_start_refresh=20",
@@ -226,7 +235,7 @@ def main() -> None:
                   f"{s['model_updates']:,} model / {s['policy_updates']:,} policy updates; model diagnostics "
                   f"{100 * (s['diagnostics_share'] or 0):.2f}% of the wall-clock, warnings at {s['model_warnings']}",
                   flush=True)
-            if s.get("update_ms"):  # the Ray runtime: where the learners computed and what their updates cost
+            if s.get("devices"):  # the Ray runtime: where the learners computed and what their updates cost
                 print("  learners on " + ", ".join(f"{k} {v}" for k, v in sorted(s["devices"].items())) + "; ms per update "
                       + ", ".join(f"{k} {v:.1f}" for k, v in sorted(s["update_ms"].items())) + "; busy share "
                       + ", ".join(f"{k} {v:.2f}" for k, v in sorted(s["utilisation"].items())), flush=True)
