@@ -44,8 +44,8 @@ VALUE_CRITIC = ["policy.critic=value", "policy.value_bounds=false", "policy.gamm
 # Updates after every 10 env steps at a policy ratio of 1.0 and no restart, not DHMBPO's bursts and restart
 # (`train.train_every` 500, `policy.restart_every`): the compact reference's schedule. The earlier shipped Hopper
 # rows are labelled `no_bursts`, which reproduces them on hopper.yaml as it is now.
-NO_BURSTS = ["train.train_every=10", "train.policy_updates_per_step=1.0", "policy.restart_every=0",
-             "policy.critic_warmup=0"]
+NO_RESTART = ["policy.restart_every=0", "policy.critic_warmup=0"]
+NO_BURSTS = ["train.train_every=10", "train.policy_updates_per_step=1.0", *NO_RESTART]
 VARIANTS: dict[str, list[str]] = {
     "shipped": [],
     # the compact single-process reference's algorithm settings
@@ -65,8 +65,7 @@ VARIANTS: dict[str, list[str]] = {
     "mnm": ["policy.objective=mnm"],
     # MBPO-style: many cheap SAC updates per env step on mostly model transitions
     # (it has no restart: off, where a task's file has one)
-    "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5", "policy.restart_every=0",
-             "policy.critic_warmup=0"],
+    "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5", *NO_RESTART],
 }
 VARIANTS["no_bursts"] = NO_BURSTS
 # The two critics hopper.yaml had earlier ran without the bursts too.
