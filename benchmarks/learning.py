@@ -85,6 +85,17 @@ VARIANTS["audited"] = [
     "policy.mean_rewards=true", "policy.alpha_lr=0.001",
 ]
 VARIANTS["aligned"] = VARIANTS["reference"] + VARIANTS["audited"]
+# walker2d.yaml before it took hopper.yaml's algorithm: the heavy model and late start of halfcheetah.yaml (7
+# members of 4x200, 5,000 random steps, 1,000 warm-up updates, evaluations every 5,000 steps) with the default
+# policy, critic and schedule. Its earlier Walker2d rows are labelled with this (or `heavy_audited`, the audit's
+# policy settings on it), which reproduces them on today's file.
+VARIANTS["heavy_defaults"] = [
+    "model.ensemble_size=7", "model.hidden_layers=4", "model.hidden_size=200", "model.elites=5",
+    "train.random_steps=5000", "train.model_warmup_updates=1000", "train.model_updates_per_step=0.5",
+    "train.eval_every=5000", *VARIANTS["unaligned"], *VALUE_CRITIC, "policy.value_members=1",
+    "policy.value_layer_norm=false", "policy.model_start_refresh=10", "policy.model_start_buffer=20000", *NO_BURSTS,
+]
+VARIANTS["heavy_audited"] = VARIANTS["heavy_defaults"] + VARIANTS["audited"]
 # `aligned` with DHMBPO's critic pipeline and a normalised critic ensemble: hopper.yaml's algorithm (model, policy,
 # objective and ratios) on any task's file, but for the real-transition critic and the bursts (none here, as
 # `reference` pins them)

@@ -44,3 +44,42 @@ def test_no_bursts_is_hopper_yaml_before_its_rounds_and_restart():
     assert (before.train.train_every, before.train.policy_updates_per_step) == (10, 1.0)
     assert (before.policy.restart_every, before.policy.critic_warmup) == (0, 0)
     assert before.model == shipped.model and before.mean_variance == shipped.mean_variance
+
+
+WALKER2D_BEFORE = """
+env: {id: Walker2d-v5, eval_episodes: 3}
+model: {ensemble_size: 7, hidden_layers: 4, hidden_size: 200, elites: 5}
+policy: {init_temperature: 0.1}
+mean_variance: {risk_lambda: 0.5}
+train: {total_env_steps: 200000, random_steps: 5000, model_warmup_updates: 1000, eval_every: 5000,
+        checkpoint_every: 20000}
+resources: {num_env_workers: 4}
+"""
+
+
+def test_heavy_defaults_is_walker2d_yaml_before_it_took_hopper_yaml_s_algorithm(tmp_path):
+    """walker2d.yaml now carries hopper.yaml's algorithm; `heavy_defaults` (the label of its earlier rows) gives
+    back the file it had, and `heavy_audited` that file with the audit's policy settings."""
+    (tmp_path / "walker2d.yaml").write_text(WALKER2D_BEFORE)
+    before = load(tmp_path / "walker2d.yaml")
+    now = load(ROOT / "configs" / "walker2d.yaml")
+    hopper = load(ROOT / "configs" / "hopper.yaml")
+    for section in ("model", "policy", "mean_variance", "train"):
+        assert getattr(now, section) == getattr(hopper, section), section
+        assert getattr(now, section) != getattr(before, section) or section == "mean_variance", section
+        relabelled = load(ROOT / "configs" / "walker2d.yaml", learning.VARIANTS["heavy_defaults"])
+        assert getattr(relabelled, section) == getattr(before, section), section
+        audited = load(tmp_path / "walker2d.yaml", learning.VARIANTS["audited"])
+        relabelled = load(ROOT / "configs" / "walker2d.yaml", learning.VARIANTS["heavy_audited"])
+        assert getattr(relabelled, section) == getattr(audited, section), section
+
+
+def test_walker2d_yaml_is_what_its_dhmbpo_critic_rows_with_the_real_critic_and_the_bursts_ran():
+    """The Walker2d rows that chose the file's settings (`dhmbpo_critic` plus the real-transition critic and the
+    bursts, set by hand) ran what walker2d.yaml now ships: they are labelled `shipped`."""
+    sets = ["policy.real_critic_batch=256", "train.train_every=500", "policy.restart_every=250",
+            "policy.critic_warmup=125", "train.policy_updates_per_step=1.25"]
+    ran = load(ROOT / "configs" / "walker2d.yaml", learning.VARIANTS["dhmbpo_critic"] + sets)
+    shipped = load(ROOT / "configs" / "walker2d.yaml")
+    for section in ("model", "policy", "mean_variance", "train"):
+        assert getattr(ran, section) == getattr(shipped, section), section
