@@ -62,16 +62,16 @@ def test_heavy_defaults_is_walker2d_yaml_before_it_took_hopper_yaml_s_algorithm(
     back the file it had, and `heavy_audited` that file with the audit's policy settings."""
     (tmp_path / "walker2d.yaml").write_text(WALKER2D_BEFORE)
     before = load(tmp_path / "walker2d.yaml")
-    now = load(ROOT / "configs" / "walker2d.yaml")
+    before_audited = load(tmp_path / "walker2d.yaml", learning.VARIANTS["audited"])
+    walker = ROOT / "configs" / "walker2d.yaml"
+    now = load(walker)
+    heavy, heavy_audited = load(walker, learning.VARIANTS["heavy_defaults"]), load(walker, learning.VARIANTS["heavy_audited"])
     hopper = load(ROOT / "configs" / "hopper.yaml")
     for section in ("model", "policy", "mean_variance", "train"):
         assert getattr(now, section) == getattr(hopper, section), section
         assert getattr(now, section) != getattr(before, section) or section == "mean_variance", section
-        relabelled = load(ROOT / "configs" / "walker2d.yaml", learning.VARIANTS["heavy_defaults"])
-        assert getattr(relabelled, section) == getattr(before, section), section
-        audited = load(tmp_path / "walker2d.yaml", learning.VARIANTS["audited"])
-        relabelled = load(ROOT / "configs" / "walker2d.yaml", learning.VARIANTS["heavy_audited"])
-        assert getattr(relabelled, section) == getattr(audited, section), section
+        assert getattr(heavy, section) == getattr(before, section), section
+        assert getattr(heavy_audited, section) == getattr(before_audited, section), section
 
 
 def test_walker2d_yaml_is_what_its_dhmbpo_critic_rows_with_the_real_critic_and_the_bursts_ran():
