@@ -41,6 +41,8 @@ TASKS = ("inverted_pendulum", "halfcheetah", "hopper", "walker2d")
 # from 20-step model rollouts): the earlier Hopper rows on the file are labelled `value_critic`, which reproduces them.
 VALUE_CRITIC = ["policy.critic=value", "policy.value_bounds=false", "policy.gamma=0.99", "policy.model_start_share=0.0",
                 "policy.real_critic_batch=0"]
+# ... and one such value function, not normalised: the compact reference's critic, and the default
+PLAIN_CRITIC = ["policy.value_members=1", "policy.value_layer_norm=false", *VALUE_CRITIC]
 # Updates after every 10 env steps at a policy ratio of 1.0 and no restart, not DHMBPO's bursts and restart
 # (`train.train_every` 500, `policy.restart_every`): the compact reference's schedule. The earlier shipped Hopper
 # rows are labelled `no_bursts`, which reproduces them on hopper.yaml as it is now.
@@ -56,7 +58,7 @@ VARIANTS: dict[str, list[str]] = {
         # its critic, one plain value function on λ-returns at γ 0.99 from replay starts (hopper.yaml ships a
         # normalised ensemble of Q functions): so the rows of this variant and of `aligned` mean the same
         # whatever a task's file now carries
-        "policy.value_members=1", "policy.value_layer_norm=false", *VALUE_CRITIC,
+        *PLAIN_CRITIC,
     ],
     "elites": ["model.rollout_members=elites"],
     # design §1.4: half of each update's start states from 20-step no-gradient rollouts in the model
@@ -92,8 +94,8 @@ VARIANTS["aligned"] = VARIANTS["reference"] + VARIANTS["audited"]
 VARIANTS["heavy_defaults"] = [
     "model.ensemble_size=7", "model.hidden_layers=4", "model.hidden_size=200", "model.elites=5",
     "train.random_steps=5000", "train.model_warmup_updates=1000", "train.model_updates_per_step=0.5",
-    "train.eval_every=5000", *VARIANTS["unaligned"], *VALUE_CRITIC, "policy.value_members=1",
-    "policy.value_layer_norm=false", "policy.model_start_refresh=10", "policy.model_start_buffer=20000", *NO_BURSTS,
+    "train.eval_every=5000", *VARIANTS["unaligned"], *PLAIN_CRITIC, "policy.model_start_refresh=10",
+    "policy.model_start_buffer=20000", *NO_BURSTS,
 ]
 VARIANTS["heavy_audited"] = VARIANTS["heavy_defaults"] + VARIANTS["audited"]
 # `aligned` with DHMBPO's critic pipeline and a normalised critic ensemble: hopper.yaml's algorithm (model, policy,
