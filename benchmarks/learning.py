@@ -108,6 +108,18 @@ VARIANTS["dhmbpo_critic"] = VARIANTS["aligned"] + [
 ]
 
 
+def parent(variant: str) -> str | None:
+    """The variant `variant` adds to: the one whose overrides are the longest proper leading part of its own
+    (`shipped`, which has none, for a variant that starts afresh); None for `shipped` and for unknown names.
+    The ablation table in `benchmarks/report.py` measures a variant against this one."""
+    own = VARIANTS.get(variant)
+    if own is None or variant == "shipped":
+        return None
+    heads = [(len(theirs), name) for name, theirs in VARIANTS.items()
+             if len(theirs) < len(own) and own[:len(theirs)] == theirs]
+    return max(heads)[1]
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=5)

@@ -20,6 +20,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import learning  # the variants' definitions, for the ablation table's baselines
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
@@ -180,8 +182,8 @@ def learning_section(rows: list[dict], anchors: list[dict] | None = None) -> lis
         ablation = ablation_rows(groups)
         if ablation:
             lines += ["Ablations: each variant against the variant it adds to (the longest prefix of its name, cut at "
-                      "'+' or ',', with runs in the same runtime; else `shipped`), difference of means at the same "
-                      "budgets:", "",
+                      "'+' or ',', or else the named variant it is defined on, with runs in the same runtime; "
+                      "`shipped` last), difference of means at the same budgets:", "",
                       "| variant | runtime | termination | against | " + " | ".join(f"Δ at {b // 1000}k" for b in BUDGETS)
                       + " |", "|---|---|---|---|" + "---|" * len(BUDGETS), *ablation, ""]
         png = plot(env, groups)
@@ -246,11 +248,21 @@ def methods_section(rows: list[dict], anchors: list[dict]) -> list[str]:
     return lines
 
 
-def base_of(variant: str, runtime: str, term: str, groups: dict):
-    """The group a variant is measured against: the longest of its own prefixes (cut at '+' or ',') that
-    has runs in the same runtime, with the same termination rule or else the learned one; `shipped` last."""
+def lineage(variant: str) -> list[str]:
+    """The variants `variant` adds to, nearest first: its own prefixes (cut at '+' or ','), then the named
+    variants its first part is built on (`learning.parent`), `shipped` last."""
     cuts = [i for i, ch in enumerate(variant) if ch in "+,"]
-    for name in [variant[:i] for i in reversed(cuts)] + ["shipped"]:
+    names = [variant[:i] for i in reversed(cuts)]
+    name = names[-1] if names else variant
+    while (name := learning.parent(name)) is not None:
+        names.append(name)
+    return names if names and names[-1] == "shipped" else names + ["shipped"]
+
+
+def base_of(variant: str, runtime: str, term: str, groups: dict):
+    """The group a variant is measured against: the nearest of its `lineage` that has runs in the same
+    runtime, with the same termination rule or else the learned one."""
+    for name in lineage(variant):
         for rule in (term, "learned"):
             if (name, runtime, rule) in groups and (name, rule) != (variant, term):
                 return name, runtime, rule

@@ -83,3 +83,14 @@ def test_walker2d_yaml_is_what_its_dhmbpo_critic_rows_with_the_real_critic_and_t
     shipped = load(ROOT / "configs" / "walker2d.yaml")
     for section in ("model", "policy", "mean_variance", "train"):
         assert getattr(ran, section) == getattr(shipped, section), section
+
+
+def test_each_variant_names_the_variant_it_is_built_on():
+    assert learning.parent("shipped") is None and learning.parent("no_such_variant") is None
+    assert learning.parent("aligned") == "reference"
+    assert learning.parent("heavy_audited") == "heavy_defaults"
+    assert learning.parent("dhmbpo_critic") == "aligned"
+    assert learning.parent("no_bursts") == "shipped"
+    for name in learning.VARIANTS:  # every parent's overrides lead its child's
+        if (base := learning.parent(name)) is not None:
+            assert learning.VARIANTS[name][:len(learning.VARIANTS[base])] == learning.VARIANTS[base]

@@ -69,3 +69,22 @@ def test_a_task_without_compared_runs_has_no_section(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "IMG", tmp_path / "img")
     rows = curve_rows("Hopper-v5", "shipped", "inline", "learned", 0, [(5000, 100.0, 60)])
     assert not any(line.startswith("###") for line in report.methods_section(rows, []))
+
+
+def test_an_ablation_is_measured_against_the_variant_it_is_defined_on():
+    # heavy_audited is heavy_defaults plus the audit's settings: measured against heavy_defaults (not today's
+    # shipped) when that has runs, and its `--set` extensions against it in turn
+    seeds = {(0, "abc"): [(5000, 100.0, 60), (10000, 200.0, 120), (20000, 400.0, 240)]}
+    better = {(0, "abc"): [(5000, 150.0, 60), (10000, 260.0, 120), (20000, 300.0, 240)]}
+    groups = {("shipped", "inline", "learned"): {(0, "abc"): [(5000, 900.0, 60), (10000, 900.0, 120),
+                                                            (20000, 900.0, 240)]},
+              ("heavy_defaults", "inline", "learned"): seeds, ("heavy_audited", "inline", "learned"): better,
+              ("heavy_audited+policy.horizon=9", "inline", "learned"): seeds,
+              ("audited", "ray", "learned"): better}
+    rows = report.ablation_rows(groups)
+    assert "| heavy_audited | inline | learned | heavy_defaults | +50 | +60 | -100 |" in rows
+    assert "| heavy_audited+policy.horizon=9 | inline | learned | heavy_audited | -50 | -60 | +100 |" in rows
+    assert "| heavy_defaults | inline | learned | shipped | -800 | -700 | -500 |" in rows
+    assert not any(r.startswith("| audited |") for r in rows)  # no baseline in its runtime: no row
+    assert report.lineage("dhmbpo_critic+policy.horizon=9") == ["dhmbpo_critic", "aligned", "reference", "shipped"]
+    assert report.lineage("sac") == ["shipped"]
