@@ -48,6 +48,9 @@ PLAIN_CRITIC = ["policy.value_members=1", "policy.value_layer_norm=false", *VALU
 # rows are labelled `no_bursts`, which reproduces them on hopper.yaml as it is now.
 NO_RESTART = ["policy.restart_every=0", "policy.critic_warmup=0"]
 NO_BURSTS = ["train.train_every=10", "train.policy_updates_per_step=1.0", *NO_RESTART]
+# A model without DHMBPO's regularisers (layer norm, dropout): the default, and the compact reference's. walker2d.yaml
+# carries them; its earlier rows on the file are labelled `plain_model`, which reproduces them.
+PLAIN_MODEL = ["model.layer_norm=false", "model.dropout=0.0"]
 VARIANTS: dict[str, list[str]] = {
     "shipped": [],
     # the compact single-process reference's algorithm settings
@@ -56,9 +59,9 @@ VARIANTS: dict[str, list[str]] = {
         "train.random_steps=500", "train.model_warmup_updates=300",
         "train.model_updates_per_step=0.5", *NO_BURSTS,
         # its critic, one plain value function on λ-returns at γ 0.99 from replay starts (hopper.yaml ships a
-        # normalised ensemble of Q functions): so the rows of this variant and of `aligned` mean the same
-        # whatever a task's file now carries
-        *PLAIN_CRITIC,
+        # normalised ensemble of Q functions), and its model without layer norm or dropout (walker2d.yaml has
+        # them): so the rows of this variant and of `aligned` mean the same whatever a task's file now carries
+        *PLAIN_CRITIC, *PLAIN_MODEL,
     ],
     "elites": ["model.rollout_members=elites"],
     # design §1.4: half of each update's start states from 20-step no-gradient rollouts in the model
@@ -70,6 +73,7 @@ VARIANTS: dict[str, list[str]] = {
     "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5", *NO_RESTART],
 }
 VARIANTS["no_bursts"] = NO_BURSTS
+VARIANTS["plain_model"] = PLAIN_MODEL
 # The two critics hopper.yaml had earlier ran without the bursts too.
 VARIANTS["value_critic"] = VALUE_CRITIC + NO_BURSTS
 # hopper.yaml before its Q critic also learned from real transitions (`policy.real_critic_batch`)
@@ -95,7 +99,7 @@ VARIANTS["heavy_defaults"] = [
     "model.ensemble_size=7", "model.hidden_layers=4", "model.hidden_size=200", "model.elites=5",
     "train.random_steps=5000", "train.model_warmup_updates=1000", "train.model_updates_per_step=0.5",
     "train.eval_every=5000", *VARIANTS["unaligned"], *PLAIN_CRITIC, "policy.model_start_refresh=10",
-    "policy.model_start_buffer=20000", *NO_BURSTS,
+    "policy.model_start_buffer=20000", *NO_BURSTS, *PLAIN_MODEL,
 ]
 VARIANTS["heavy_audited"] = VARIANTS["heavy_defaults"] + VARIANTS["audited"]
 # `aligned` with DHMBPO's critic pipeline and a normalised critic ensemble: hopper.yaml's algorithm (model, policy,

@@ -58,31 +58,38 @@ resources: {num_env_workers: 4}
 
 
 def test_heavy_defaults_is_walker2d_yaml_before_it_took_hopper_yaml_s_algorithm(tmp_path):
-    """walker2d.yaml now carries hopper.yaml's algorithm; `heavy_defaults` (the label of its earlier rows) gives
-    back the file it had, and `heavy_audited` that file with the audit's policy settings."""
+    """walker2d.yaml now carries hopper.yaml's algorithm (but for the model's regularisers: `plain_model` takes them
+    off); `heavy_defaults` (the label of its earlier rows) gives back the file it had, and `heavy_audited` that file
+    with the audit's policy settings."""
     (tmp_path / "walker2d.yaml").write_text(WALKER2D_BEFORE)
     before = load(tmp_path / "walker2d.yaml")
     before_audited = load(tmp_path / "walker2d.yaml", learning.VARIANTS["audited"])
     walker = ROOT / "configs" / "walker2d.yaml"
     now = load(walker)
     heavy, heavy_audited = load(walker, learning.VARIANTS["heavy_defaults"]), load(walker, learning.VARIANTS["heavy_audited"])
-    hopper = load(ROOT / "configs" / "hopper.yaml")
+    hopper, plain = load(ROOT / "configs" / "hopper.yaml"), load(walker, learning.VARIANTS["plain_model"])
     for section in ("model", "policy", "mean_variance", "train"):
-        assert getattr(now, section) == getattr(hopper, section), section
+        assert getattr(plain, section) == getattr(hopper, section), section
         assert getattr(now, section) != getattr(before, section) or section == "mean_variance", section
         assert getattr(heavy, section) == getattr(before, section), section
         assert getattr(heavy_audited, section) == getattr(before_audited, section), section
 
 
-def test_walker2d_yaml_is_what_its_dhmbpo_critic_rows_with_the_real_critic_and_the_bursts_ran():
-    """The Walker2d rows that chose the file's settings (`dhmbpo_critic` plus the real-transition critic and the
-    bursts, set by hand) ran what walker2d.yaml now ships: they are labelled `shipped`."""
+def test_walker2d_yaml_is_what_its_rows_ran_with_the_settings_it_chose():
+    """The Walker2d rows that chose the file's settings ran what their labels now give on it: `dhmbpo_critic` plus
+    the real-transition critic and the bursts (set by hand) ran `plain_model`, the file without the model's
+    regularisers; that file with `model.layer_norm` and `model.dropout` 0.01 set by hand is the file (`shipped`)."""
+    walker = ROOT / "configs" / "walker2d.yaml"
     sets = ["policy.real_critic_batch=256", "train.train_every=500", "policy.restart_every=250",
             "policy.critic_warmup=125", "train.policy_updates_per_step=1.25"]
-    ran = load(ROOT / "configs" / "walker2d.yaml", learning.VARIANTS["dhmbpo_critic"] + sets)
-    shipped = load(ROOT / "configs" / "walker2d.yaml")
+    ran = load(walker, learning.VARIANTS["dhmbpo_critic"] + sets)
+    plain = load(walker, learning.VARIANTS["plain_model"])
+    regularised = load(walker, learning.VARIANTS["plain_model"] + ["model.layer_norm=true", "model.dropout=0.01"])
+    shipped = load(walker)
+    assert not plain.model.layer_norm and plain.model.dropout == 0.0
     for section in ("model", "policy", "mean_variance", "train"):
-        assert getattr(ran, section) == getattr(shipped, section), section
+        assert getattr(ran, section) == getattr(plain, section), section
+        assert getattr(regularised, section) == getattr(shipped, section), section
 
 
 def test_each_variant_names_the_variant_it_is_built_on():
@@ -90,7 +97,7 @@ def test_each_variant_names_the_variant_it_is_built_on():
     assert learning.parent("aligned") == "reference"
     assert learning.parent("heavy_audited") == "heavy_defaults"
     assert learning.parent("dhmbpo_critic") == "aligned"
-    assert learning.parent("no_bursts") == "shipped"
+    assert learning.parent("no_bursts") == "shipped" and learning.parent("plain_model") == "shipped"
     for name in learning.VARIANTS:  # every parent's overrides lead its child's
         if (base := learning.parent(name)) is not None:
             assert learning.VARIANTS[name][:len(learning.VARIANTS[base])] == learning.VARIANTS[base]
