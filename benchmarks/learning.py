@@ -116,12 +116,10 @@ def parent(variant: str) -> str | None:
     """The variant `variant` adds to: the one whose overrides are the longest proper leading part of its own
     (`shipped`, which has none, for a variant that starts afresh); None for `shipped` and for unknown names.
     The ablation table in `benchmarks/report.py` measures a variant against this one."""
-    own = VARIANTS.get(variant)
-    if own is None or variant == "shipped":
-        return None
+    own = VARIANTS.get(variant, [])
     heads = [(len(theirs), name) for name, theirs in VARIANTS.items()
              if len(theirs) < len(own) and own[:len(theirs)] == theirs]
-    return max(heads)[1]
+    return max(heads, default=(0, None))[1]
 
 
 def git_commit() -> str:

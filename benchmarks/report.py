@@ -256,7 +256,7 @@ def lineage(variant: str) -> list[str]:
     name = names[-1] if names else variant
     while (name := learning.parent(name)) is not None:
         names.append(name)
-    return names if names and names[-1] == "shipped" else names + ["shipped"]
+    return names if names[-1:] == ["shipped"] else [*names, "shipped"]
 
 
 def base_of(variant: str, runtime: str, term: str, groups: dict):

@@ -66,7 +66,8 @@ def test_heavy_defaults_is_walker2d_yaml_before_it_took_hopper_yaml_s_algorithm(
     before_audited = load(tmp_path / "walker2d.yaml", learning.VARIANTS["audited"])
     walker = ROOT / "configs" / "walker2d.yaml"
     now = load(walker)
-    heavy, heavy_audited = load(walker, learning.VARIANTS["heavy_defaults"]), load(walker, learning.VARIANTS["heavy_audited"])
+    heavy = load(walker, learning.VARIANTS["heavy_defaults"])
+    heavy_audited = load(walker, learning.VARIANTS["heavy_audited"])
     hopper, plain = load(ROOT / "configs" / "hopper.yaml"), load(walker, learning.VARIANTS["plain_model"])
     for section in ("model", "policy", "mean_variance", "train"):
         assert getattr(plain, section) == getattr(hopper, section), section
