@@ -122,6 +122,10 @@ class PolicyConfig:
     # The critic's linear layers after the first see their inputs layer-normalised (ε 1e-5, no learned scale
     # or shift; DHMBPO's and DroQ's critics): a regulariser of value functions trained on moving targets.
     value_layer_norm: bool = False
+    # The critic's hidden units dropped at this rate, before the activation, in its regression losses only
+    # (imagined and real targets); the actor's tail, the bootstrap targets and the bounds see the whole
+    # network. DroQ's regulariser of an ensemble critic on moving targets; DHMBPO's critic: 0.001. 0: none.
+    value_dropout: float = ranged(0.0, 0, 1)
     # Where the critic learns: "lambda", at every imagined state on its λ-return; "start", at the start states
     # only, on each particle's H-step (soft) return with the target critic's tail (DHMBPO's model-based value
     # expansion: the critic is fitted to what the actor's objective itself sees from the states it starts at).
@@ -364,6 +368,9 @@ def validate(cfg: Config, check_env: bool = True) -> Config:
     if cfg.policy.restart_every and cfg.policy.objective == "dyna":  # dyna's SAC learner has no restart
         raise ConfigError(f"config key 'policy.restart_every' = {cfg.policy.restart_every} restarts the "
                           f"mean_variance policy learner (and mnm's); 'policy.objective' = 'dyna' does not restart")
+    if cfg.policy.value_dropout and cfg.policy.objective == "dyna":  # dyna's SAC critics are its own
+        raise ConfigError(f"config key 'policy.value_dropout' = {cfg.policy.value_dropout} regularises the "
+                          f"mean_variance critic (and mnm's); 'policy.objective' = 'dyna' has no dropout")
     if cfg.policy.real_critic_batch and cfg.policy.critic != "q":
         raise ConfigError(f"config key 'policy.real_critic_batch' = {cfg.policy.real_critic_batch} needs "
                           f"'policy.critic' = 'q' (a real transition's action is not the policy's), got "

@@ -234,6 +234,41 @@ def test_value_layer_norm_normalises_the_inputs_of_the_later_layers(members):
         vf.load_state_dict(plain.state_dict(), strict=False)
 
 
+@pytest.mark.parametrize("members", [1, 3])
+def test_value_dropout_drops_hidden_units_only_when_asked(members):
+    torch.manual_seed(0)
+    vf = ValueFunction(3, hidden_layers=2, hidden_size=64, members=members, layer_norm=True, dropout=0.5)
+    obs = torch.randn(5, 3)
+    whole = vf.members_values(obs)
+    assert torch.equal(vf.members_values(obs), whole)  # the actor's tail and the targets: no units dropped
+    assert not torch.allclose(vf.members_values(obs, dropout=True), whole)
+    vf.dropout = 1.0  # every hidden unit dropped: what is left is the output layer's bias, whatever the input
+    dropped = vf.members_values(obs, dropout=True)
+    assert torch.equal(dropped, dropped[:, :1].expand_as(dropped)) and not torch.equal(whole, whole[:, :1].expand_as(whole))
+    vf.dropout = 0.0
+    assert torch.equal(vf.members_values(obs, dropout=True), whole)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        ValueFunction(3, dropout=1.5)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 1.0])
+def test_value_dropout_acts_in_the_critic_losses(dropout):
+    """At rate 1 the critic's imagined and real regressions see no hidden unit, so one update moves only the
+    output layer's bias; at rate 0 it moves every layer."""
+    cfg = make_config(seed=0, critic="q", value_members=3, real_critic_batch=8, value_dropout=dropout)
+    learner = MeanVarianceObjective(cfg, SPEC)
+    learner.set_model_weights(ModelLearner(cfg.model, 3, 2, seed=1).weights(), version=0)
+    before = copy.deepcopy(learner.value.state_dict())
+    rng = np.random.default_rng(2)
+    learner.update({"start_states": rng.standard_normal((16, 3)).astype(np.float32),
+                    "transitions": real_transitions(rng, 8, 0.0)})
+    after = learner.value.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    weights = {f"layers.{i}.{p}" for i in range(len(learner.value.layers)) for p in ("weight", "bias")}
+    last_bias = f"layers.{len(learner.value.layers) - 1}.bias"
+    assert moved & weights == ({last_bias} if dropout else weights)
+
+
 def trained_learner(cfg: Config, updates: int = 3) -> tuple[MeanVarianceObjective, np.random.Generator]:
     learner = MeanVarianceObjective(cfg, SPEC)
     learner.set_model_weights(ModelLearner(cfg.model, 3, 2, seed=1).weights(), version=0)
@@ -560,7 +595,8 @@ def test_critic_warmup_without_restarts_is_refused():
         validate(make_config(seed=0, critic_warmup=10), check_env=False)
 
 
-def test_restarts_are_refused_for_the_dyna_objective():
-    with pytest.raises(ConfigError, match="policy.restart_every.*'dyna'"):
-        validate(make_config(seed=0, restart_every=100, objective="dyna"), check_env=False)
-    validate(make_config(seed=0, restart_every=100, objective="mnm"), check_env=False)
+@pytest.mark.parametrize("key, value", [("restart_every", 100), ("value_dropout", 0.01)])
+def test_restarts_and_critic_dropout_are_refused_for_the_dyna_objective(key, value):
+    with pytest.raises(ConfigError, match=f"policy.{key}.*'dyna'"):
+        validate(make_config(seed=0, objective="dyna", **{key: value}), check_env=False)
+    validate(make_config(seed=0, objective="mnm", **{key: value}), check_env=False)

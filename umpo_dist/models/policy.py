@@ -122,9 +122,11 @@ class ValueFunction(ObservationInput):
     """
 
     def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128, members: int = 1,
-                 action_dim: int = 0, layer_norm: bool = False):
+                 action_dim: int = 0, layer_norm: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.members, self.action_dim = members, action_dim
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        self.members, self.action_dim, self.dropout = members, action_dim, dropout
         self.norm_eps = 1e-5 if layer_norm else 0.0
         self.register_buffer("layer_norm_eps", torch.tensor([self.norm_eps] if layer_norm else [], dtype=torch.float64))
         if members == 1:
@@ -151,16 +153,23 @@ class ValueFunction(ObservationInput):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def members_values(self, obs: torch.Tensor, action: torch.Tensor | None = None,
-                       index: torch.Tensor | None = None) -> torch.Tensor:
+                       index: torch.Tensor | None = None, dropout: bool = False) -> torch.Tensor:
         """(N, ...) values of members `index` (default: all) at `obs` (..., obs_dim) and, for a Q function,
-        `action` (..., action_dim)."""
+        `action` (..., action_dim). `dropout`: drop hidden units at the rate `self.dropout` (the critic's
+        regression losses)."""
+        p = self.dropout if dropout else 0.0
         x = self.scale(obs)
         if self.action_dim:
             if action is None:
                 raise ValueError("a Q function (action_dim > 0) is evaluated at an action: none was given")
             x = torch.cat([x, action.to(x.dtype)], -1)
         if self.members == 1:
-            return self._output(self.net(x).squeeze(-1)).unsqueeze(0)
+            last = len(self.net) - 1
+            for k, layer in enumerate(self.net):
+                x = layer(x)
+                if p and k < last and isinstance(layer, nn.Linear):
+                    x = F.dropout(x, p)
+            return self._output(x.squeeze(-1)).unsqueeze(0)
         lead = x.shape[:-1]
         n = self.members if index is None else len(index)
         x = x.reshape(1, -1, x.shape[-1]).expand(n, -1, -1)
@@ -170,7 +179,7 @@ class ValueFunction(ObservationInput):
             weight, bias = (layer.weight, layer.bias) if index is None else (layer.weight[index], layer.bias[index])
             x = torch.baddbmm(bias, x, weight)
             if i < len(self.layers) - 1:
-                x = F.silu(x)
+                x = F.silu(F.dropout(x, p) if p else x)
         return self._output(x.reshape(n, *lead))
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:

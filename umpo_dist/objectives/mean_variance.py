@@ -62,7 +62,7 @@ class MeanVarianceObjective:
         self.q_critic = cfg.policy.critic == "q"
         self.value = ValueFunction(spec.obs_dim, cfg.policy.hidden_layers, cfg.policy.hidden_size,
                                    cfg.policy.value_members, action_dim if self.q_critic else 0,
-                                   cfg.policy.value_layer_norm).to(self.device)
+                                   cfg.policy.value_layer_norm, cfg.policy.value_dropout).to(self.device)
         self.target_value = copy.deepcopy(self.value).requires_grad_(False)
         # Model states for the double horizon's start states (not checkpointed: refilled after a resume).
         self.model_starts = (ModelTransitions(cfg.policy.model_start_buffer, spec.obs_dim, action_dim, self.device)
@@ -191,7 +191,8 @@ class MeanVarianceObjective:
             actions, log_probs = actions.detach(), log_probs.detach()
         at, targets, weight = self._value_targets(rollout, rewards, actions, log_probs, soft)
         states = rollout.states.detach()[at]
-        errors = (self.value.members_values(states, actions[at] if self.q_critic else None) - targets) ** 2
+        values = self.value.members_values(states, actions[at] if self.q_critic else None, dropout=True)
+        errors = (values - targets) ** 2
         return (weight * errors).sum() / weight.sum().clamp_min(1e-6)
 
     def _real_value_loss(self, batch: dict[str, torch.Tensor], soft: float | torch.Tensor) -> torch.Tensor:
@@ -203,7 +204,7 @@ class MeanVarianceObjective:
             next_action, next_log_prob = self.policy(batch["next_obs"])
             bootstrap = self._target_values(batch["next_obs"], next_action)
             targets = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * (bootstrap - soft * next_log_prob)
-        errors = (self.value.members_values(batch["obs"], batch["action"]) - targets) ** 2
+        errors = (self.value.members_values(batch["obs"], batch["action"], dropout=True) - targets) ** 2
         return errors.sum() / len(targets)
 
     def update(self, data: dict) -> dict[str, float]:
