@@ -183,7 +183,9 @@ def learning_section(rows: list[dict], anchors: list[dict] | None = None) -> lis
         if ablation:
             lines += ["Ablations: each variant against the variant it adds to (the longest prefix of its name, cut at "
                       "'+' or ',', or else the named variant it is defined on, with runs in the same runtime; "
-                      "`shipped` last), difference of means at the same budgets:", "",
+                      "`shipped` last): at the same budgets, the mean over the seeds both ran of the per-seed "
+                      "difference (n: those seeds), or the difference of the means where they share none "
+                      "(unpaired):", "",
                       "| variant | runtime | termination | against | " + " | ".join(f"Δ at {b // 1000}k" for b in BUDGETS)
                       + " |", "|---|---|---|---|" + "---|" * len(BUDGETS), *ablation, ""]
         png = plot(env, groups)
@@ -269,21 +271,35 @@ def base_of(variant: str, runtime: str, term: str, groups: dict):
     return None
 
 
-def ablation_rows(groups: dict) -> list[str]:
-    def mean_at(seeds, b):
-        vals = [ret for ret, _ in budget_points(seeds, b)]
-        return statistics.fmean(vals) if vals else None
+def per_seed_at(seeds: dict, budget: int) -> dict[int, float]:
+    """seed -> return at `budget` (`at_budget`), the mean over that seed's runs where it ran more than once."""
+    by_seed: dict = defaultdict(list)
+    for (seed, _commit), curve in seeds.items():
+        if (p := at_budget(curve, budget)) is not None:
+            by_seed[seed].append(p[1])
+    return {seed: statistics.fmean(v) for seed, v in by_seed.items()}
 
+
+def difference(seeds: dict, base: dict, budget: int) -> str:
+    """A variant against its base at `budget`: the mean per-seed difference over the seeds both ran, with their
+    count (seed noise is most of the spread here, so a pair on one seed says more than two means); the
+    difference of the means, marked unpaired, where they share no seed; '–' where either has no run there."""
+    mine, theirs = per_seed_at(seeds, budget), per_seed_at(base, budget)
+    if not mine or not theirs:
+        return "–"
+    shared = sorted(mine.keys() & theirs.keys())
+    if shared:
+        return f"{statistics.fmean(mine[s] - theirs[s] for s in shared):+,.0f} (n={len(shared)})"
+    return f"{statistics.fmean(mine.values()) - statistics.fmean(theirs.values()):+,.0f} (unpaired)"
+
+
+def ablation_rows(groups: dict) -> list[str]:
     out = []
     for (variant, runtime, term), seeds in sorted(groups.items()):
         base_key = base_of(variant, runtime, term, groups)
         if base_key is None:
             continue
-        base = groups[base_key]
-        cells = []
-        for b in BUDGETS:
-            m, m0 = mean_at(seeds, b), mean_at(base, b)
-            cells.append("–" if m is None or m0 is None else f"{m - m0:+,.0f}")
+        cells = [difference(seeds, groups[base_key], b) for b in BUDGETS]
         against = base_key[0] + (f" ({base_key[2]})" if base_key[2] != term else "")
         out.append(f"| {variant} | {runtime} | {term} | {against} | " + " | ".join(cells) + " |")
     return out

@@ -82,9 +82,23 @@ def test_an_ablation_is_measured_against_the_variant_it_is_defined_on():
               ("heavy_audited+policy.horizon=9", "inline", "learned"): seeds,
               ("audited", "ray", "learned"): better}
     rows = report.ablation_rows(groups)
-    assert "| heavy_audited | inline | learned | heavy_defaults | +50 | +60 | -100 |" in rows
-    assert "| heavy_audited+policy.horizon=9 | inline | learned | heavy_audited | -50 | -60 | +100 |" in rows
-    assert "| heavy_defaults | inline | learned | shipped | -800 | -700 | -500 |" in rows
+    assert "| heavy_audited | inline | learned | heavy_defaults | +50 (n=1) | +60 (n=1) | -100 (n=1) |" in rows
+    assert ("| heavy_audited+policy.horizon=9 | inline | learned | heavy_audited | -50 (n=1) | -60 (n=1) | +100 (n=1) |"
+            in rows)
+    assert "| heavy_defaults | inline | learned | shipped | -800 (n=1) | -700 (n=1) | -500 (n=1) |" in rows
     assert not any(r.startswith("| audited |") for r in rows)  # no baseline in its runtime: no row
     assert report.lineage("dhmbpo_critic+policy.horizon=9") == ["dhmbpo_critic", "aligned", "reference", "shipped"]
     assert report.lineage("sac") == ["shipped"]
+
+
+def test_ablation_differences_pair_the_seeds_both_ran():
+    """Seed noise is most of the spread: a variant run on seed 0 only is measured against its base's seed 0, not
+    against the mean of every seed the base ran; a seed run twice counts once, at its mean; no shared seed: the
+    difference of the means, marked unpaired."""
+    curve = lambda ret: [(5000, ret, 60), (10000, ret, 120), (20000, ret, 240)]
+    base = {(0, "a"): curve(1000.0), (0, "b"): curve(800.0), (1, "a"): curve(300.0), (2, "a"): curve(2800.0)}
+    assert report.difference({(0, "c"): curve(400.0)}, base, 20000) == "-500 (n=1)"  # 400 - mean(1000, 800)
+    assert report.difference({(0, "c"): curve(400.0), (1, "c"): curve(500.0)}, base, 20000) == "-150 (n=2)"
+    # seeds 3 and 4 only: 450 against the mean of the base's seeds 0-2, (900 + 300 + 2800) / 3
+    assert report.difference({(3, "c"): curve(400.0), (4, "c"): curve(500.0)}, base, 20000) == "-883 (unpaired)"
+    assert report.difference({(0, "c"): [(5000, 10.0, 60)]}, base, 20000) == "–"  # not run that far
