@@ -123,8 +123,8 @@ class PolicyConfig:
     # or shift; DHMBPO's and DroQ's critics): a regulariser of value functions trained on moving targets.
     value_layer_norm: bool = False
     # The critic's hidden units dropped at this rate, before the activation, in its regression losses only
-    # (imagined and real targets); the actor's tail, the bootstrap targets and the bounds see the whole
-    # network. DroQ's regulariser of an ensemble critic on moving targets; DHMBPO's critic: 0.001. 0: none.
+    # (imagined and real targets); the actor's tail and the bootstrap targets see the whole network. DroQ's
+    # regulariser of an ensemble critic on moving targets; DHMBPO's critic: 0.001. 0: none.
     value_dropout: float = ranged(0.0, 0, 1)
     # Where the critic learns: "lambda", at every imagined state on its λ-return; "start", at the start states
     # only, on each particle's H-step (soft) return with the target critic's tail (DHMBPO's model-based value
