@@ -282,8 +282,9 @@ def per_seed_at(seeds: dict, budget: int) -> dict[int, float]:
 
 def difference(seeds: dict, base: dict, budget: int) -> str:
     """A variant against its base at `budget`: the mean per-seed difference over the seeds both ran, with their
-    count (seed noise is most of the spread here, so a pair on one seed says more than two means); the
-    difference of the means, marked unpaired, where they share no seed; '–' where either has no run there."""
+    count (a pair shares its random steps and initial states; runs from different machines share no more than
+    that, design.md); the difference of the means, marked unpaired, where they share no seed; '–' where either
+    has no run there."""
     mine, theirs = per_seed_at(seeds, budget), per_seed_at(base, budget)
     if not mine or not theirs:
         return "–"

@@ -25,6 +25,13 @@ def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor)
     return (((mean - target) ** 2) * torch.exp(-logvar) + logvar).sum(-1)
 
 
+def check_dropout(rate: float) -> float:
+    """A dropout rate, refused outside [0, 1] (the model's and the critic's)."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"dropout must be in [0, 1], got {rate}")
+    return rate
+
+
 def check_layer_norm(state_dict: dict, key: str, built_with: torch.Tensor, what: str) -> None:
     """Weights meet a network normalised as they were trained: `key` holds the ε of the layer normalisations
     they were trained with (absent in weights from before the option: none); a difference is an error."""
@@ -70,8 +77,7 @@ class EnsembleDynamics(nn.Module):
         # ε of the normalisation in front of hidden layer 1, 2, … and the head (hidden layer 0 sees the
         # normalised inputs); empty: none
         self.norm_eps = [max(10.0 ** -k, 1e-5) for k in range(hidden_layers)] if layer_norm else []
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        check_dropout(dropout)
         self.dropout = [dropout * (hidden_layers - k) / (hidden_layers + 1) for k in range(hidden_layers)]
         # ... also kept with the weights, so that weights never meet a network normalised otherwise
         self.register_buffer("layer_norm_eps", torch.tensor(self.norm_eps, dtype=torch.float64))

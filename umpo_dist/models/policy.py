@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from umpo_dist.models.ensemble import EnsembleLinear, check_layer_norm
+from umpo_dist.models.ensemble import EnsembleLinear, check_dropout, check_layer_norm
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -124,9 +124,7 @@ class ValueFunction(ObservationInput):
     def __init__(self, obs_dim: int, hidden_layers: int = 2, hidden_size: int = 128, members: int = 1,
                  action_dim: int = 0, layer_norm: bool = False, dropout: float = 0.0):
         super().__init__()
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
-        self.members, self.action_dim, self.dropout = members, action_dim, dropout
+        self.members, self.action_dim, self.dropout = members, action_dim, check_dropout(dropout)
         self.norm_eps = 1e-5 if layer_norm else 0.0
         self.register_buffer("layer_norm_eps", torch.tensor([self.norm_eps] if layer_norm else [], dtype=torch.float64))
         if members == 1:
