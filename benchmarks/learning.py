@@ -154,22 +154,25 @@ def run_seed(task: str, runtime: str, overrides: list[str], seed: int, cap_s: fl
         init_ray(cfg)
     marks = {"start": None, "seen": 0, "walls": []}
 
+    def show(evaluations, wall: float) -> None:
+        """Print (and time at `wall`) the evaluations not yet shown."""
+        while marks["seen"] < len(evaluations):
+            marks["walls"].append(wall)
+            step, ret = evaluations[marks["seen"]]
+            print(f"  {task} {runtime} seed {seed}: step {step:>7,} return {ret:>9.1f} ({wall:.0f} s)", flush=True)
+            marks["seen"] += 1
+
     def watch(runner) -> None:
         now = time.perf_counter()
         if marks["start"] is None:
             marks["start"] = now
-        evaluations = runner.schedule.evaluations
-        while marks["seen"] < len(evaluations):
-            marks["walls"].append(now - marks["start"])
-            step, ret = evaluations[marks["seen"]]
-            print(f"  {task} {runtime} seed {seed}: step {step:>7,} return {ret:>9.1f} ({now - marks['start']:.0f} s)", flush=True)
-            marks["seen"] += 1
+        show(runner.schedule.evaluations, now - marks["start"])
         if cap_s is not None and now - marks["start"] > cap_s:
             runner.request_stop()
 
     summary = train(cfg, progress=False, callbacks=[watch])
-    total = summary["wall_s"]
-    walls = marks["walls"] + [total] * (len(summary["evaluations"]) - len(marks["walls"]))
+    show(summary["evaluations"], summary["wall_s"])  # those after the last round's callback (the run's last ones)
+    walls = marks["walls"]
     if runtime == "ray":
         import ray
 
