@@ -102,3 +102,34 @@ def test_ablation_differences_pair_the_seeds_both_ran():
     # seeds 3 and 4 only: 450 against the mean of the base's seeds 0-2, (900 + 300 + 2800) / 3
     assert report.difference({(3, "c"): curve(400.0), (4, "c"): curve(500.0)}, base, 20000) == "-883 (unpaired)"
     assert report.difference({(0, "c"): [(5000, 10.0, 60)]}, base, 20000) == "–"  # not run that far
+
+
+def test_rank_test_is_the_exact_mann_whitney_p():
+    # two runs below all of eight: 2 of the 45 splits are as extreme (both lowest or both highest)
+    assert abs(report.rank_test([1.0, 2.0], [3.0 + i for i in range(8)]) - 2 / 45) < 1e-12
+    assert report.rank_test([3.0, 7.0], [1.0, 5.0, 9.0]) == 1.0  # U = 3 = n·m/2: no evidence either way
+    # ties count half: [1, 2] against [2, 3] gives U = 0.5; of the 6 splits of [1, 2, 2, 3], those with a 1 or
+    # a 3 but not both (U 0.5 or 3.5) are as far from n·m/2 = 2, those with both or neither (U 2) are not
+    assert abs(report.rank_test([1.0, 2.0], [2.0, 3.0]) - 4 / 6) < 1e-12
+    # beyond 200,000 splits, the normal approximation: identical groups give p 1, separated ones a tiny p
+    assert report.rank_test([0.0] * 12, [0.0] * 12) == 1.0
+    assert report.rank_test([float(i) for i in range(12)], [100.0 + i for i in range(12)]) < 1e-4
+
+
+def test_parity_compares_only_variants_run_in_both_runtimes():
+    env, rows = "Hopper-v5", []
+    for seed, top in ((0, 1000.0), (1, 3000.0), (2, 1000.0)):
+        rows += curve_rows(env, "shipped", "inline", "learned", seed, [(5000, 100.0, 60), (10000, 800.0, 120), (20000, top, 240)])
+    for seed, top in ((0, 700.0), (1, 600.0)):
+        rows += curve_rows(env, "shipped", "ray", "learned", seed, [(5000, 100.0, 60), (10000, 400.0, 120), (20000, top, 240)])
+    rows += curve_rows(env, "aligned", "inline", "learned", 0, [(5000, 5.0, 60)])  # inline only: not compared
+    rows += curve_rows(env, "shipped", "ray", "known", 0, [(5000, 5.0, 60)])  # another termination rule: not compared
+
+    lines = report.parity_section(rows)
+
+    table = [line for line in lines if line.startswith("| Hopper")]
+    # both Ray runs below the three inline ones: of the 10 splits, only the observed one is as extreme (the ties
+    # among the inline runs make the opposite split, U 5.5 at 20k, less so than U 0)
+    assert table == ["| Hopper-v5 | shipped | learned | 100 (n=2) vs 100 (n=3): +0, p 1.00 "
+                     "| 400 (n=2) vs 800 (n=3): -400, p 0.10 | 650 (n=2) vs 1,667 (n=3): -1,017, p 0.10 |"]
+    assert report.parity_section(curve_rows(env, "shipped", "inline", "learned", 0, [(5000, 1.0, 1)])) == []
