@@ -365,6 +365,50 @@ def test_env_worker_asks_for_the_policy_when_the_learners_let_it_go_on(local_ray
     assert events == ["fetch", "fetch", ("collect", 4), ("send", 4), ("collect", 3), ("send", 3), "release"], events
 
 
+@pytest.mark.parametrize("train_every, longest", [(10, 0.02), (100, 0.25)])
+def test_a_held_back_worker_s_pauses_grow_across_calls_to_the_mode_s_longest(local_ray, train_every, longest):
+    """While the learners hold it back, a worker's pauses between asks double from 1 ms up to 20 ms for
+    continuous learners and 250 ms in rounds (`train.train_every` 100 here: a round's updates take seconds);
+    a new call goes on from the pause it reached, and a granted chunk starts them again at 1 ms."""
+    import numpy as np
+
+    from test_distributed import FAST, ip_config
+    from umpo_dist.envs.spec import env_spec
+    from umpo_dist.runtime.admission import Grant
+    from umpo_dist.runtime.ray import env_worker
+
+    cfg = ip_config(*FAST, f"train.train_every={train_every}", "resources.ratio_tolerance=20")
+    spec = env_spec(cfg.env.id)
+    worker = env_worker.EnvWorker.options(num_cpus=0.25).remote(cfg, spec, 0, None, WeightStoreActor.remote())
+
+    def pauses(self, calls: list) -> list:
+        import time as clock
+
+        slept = []
+        clock.sleep = slept.append  # this actor's process only
+        self.replay = type("Replay", (), {"release": type("R", (), {"remote": staticmethod(lambda stream: None)})})()
+        self.sender = type("Sender", (), {"acknowledged": 0, "total": 0, "send": lambda s, b: None,
+                                          "flush": lambda s: None})()
+        self.policy_weights.fetch = lambda: None
+        self.collector.collect = lambda n, act: ({"reward": np.zeros(n)}, [])
+        out = []
+        for grants in calls:
+            answers = iter(grants)
+            self._ask = lambda n: ray.put(next(answers))
+            self.run(100, max_seconds=30.0)
+            out.append(slept[:])
+            slept.clear()
+        return out
+
+    closed, wait = Grant(0, False, closed=True), Grant(0, False)
+    calls = [[wait] * 9 + [closed], [wait] * 2 + [Grant(4, False), wait], [wait, closed]]
+    first, second, third = ray.get(worker.__ray_call__.remote(pauses, calls))
+    doubling = [min(0.001 * 2 ** k, longest) for k in range(9)]  # the longest reached by the last
+    assert first == pytest.approx(doubling)
+    assert second == pytest.approx([longest, longest])  # goes on from where the last call left off
+    assert third == pytest.approx([0.001])  # the grant between started them again
+
+
 def test_env_worker_looks_for_policy_weights_by_the_clock_not_every_step(local_ray):
     """Within a call a worker polls the weight store at most every `WEIGHT_POLL_S`, however many steps it takes
     meanwhile: with steps 4 ms apart on its clock and 10 ms between looks, every third step looks (the first at

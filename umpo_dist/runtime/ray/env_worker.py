@@ -32,7 +32,12 @@ from umpo_dist.runtime.ray.weights import WeightSubscriber
 
 RUN_CALL_S = 0.5  # a run call's longest span: how often the driver hears of episodes and counts
 INSERTS_IN_FLIGHT = 4  # chunks sent and not yet acknowledged, at most
-WAIT_S = (0.001, 0.02)  # first and longest pause between asks while the learners are behind
+# First and longest pause between asks while the learners are behind: continuous learners hold a worker back
+# for one learner call (tens of updates), rounds (`train.train_every`) for a whole round's updates (tens of
+# seconds), where asking 50 times a second spent a third of a core per run on asks and their answers (4 workers
+# and the replay, 2-core machine) and a round's start a quarter second later costs nothing. The pause grows
+# across calls and starts again at the first when a chunk is granted.
+WAIT_S = {"continuous": (0.001, 0.02), "rounds": (0.001, 0.25)}
 WEIGHT_POLL_S = 0.01  # the shortest pause between looks for newer policy weights within a call
 
 
@@ -55,6 +60,8 @@ class EnvWorker:
         self.node_id = ray.get_runtime_context().get_node_id()
         self._clock = time.perf_counter
         self._next_poll = 0.0
+        self.waits = WAIT_S["rounds" if cfg.train.round_steps(cfg.resources.ratio_tolerance) else "continuous"]
+        self._delay = self.waits[0]  # the next pause while held back
 
     def _refresh(self, ask_now: bool = False) -> None:
         """Newer policy weights if there are some: `ask_now` waits for the store's answer (a call's start, so
@@ -81,7 +88,7 @@ class EnvWorker:
         it waits for every acknowledgement and reports what was collected.
         """
         deadline = time.perf_counter() + max_seconds
-        acknowledged, busy, delay = self.sender.acknowledged, 0.0, WAIT_S[0]
+        acknowledged, busy = self.sender.acknowledged, 0.0
         episodes, versions, sent = [], [], 0
         self._refresh(ask_now=True)
         ask, held_back = self._ask(chunk_size), False
@@ -90,16 +97,16 @@ class EnvWorker:
             if grant.closed:
                 break
             if grant.steps == 0:  # the learners are behind
-                if sent or time.perf_counter() + delay > deadline:
+                if sent or time.perf_counter() + self._delay > deadline:
                     break
-                time.sleep(delay)
-                delay, held_back = min(2 * delay, WAIT_S[1]), True
+                time.sleep(self._delay)
+                self._delay, held_back = min(2 * self._delay, self.waits[1]), True
                 ask = self._ask(chunk_size)
                 continue
             if held_back:  # the learners have caught up: act with the policy they have now
                 self._refresh(ask_now=True)
                 held_back = False
-            delay = WAIT_S[0]
+            self._delay = self.waits[0]
             if time.perf_counter() < deadline:
                 ask = self._ask(chunk_size)  # answered while this chunk is collected
             t0 = time.perf_counter()
