@@ -49,7 +49,7 @@ def test_a_small_machine_keeps_one_core_for_the_policy_learner(monkeypatch, usab
     learner's, the rest everyone else's; one core, or a bigger machine: no pinning."""
     monkeypatch.setattr(cluster.os, "sched_getaffinity", lambda pid: set(usable), raising=False)
     monkeypatch.setattr(cluster, "_affinity_before_pinning", None)
-    assert cluster.core_plan() == expected
+    assert cluster.core_plan(claim=lambda core: True) == expected  # no other local run keeps a core
 
 
 def test_the_plan_is_taken_from_the_cores_before_this_process_pinned_itself(monkeypatch):
@@ -57,4 +57,34 @@ def test_the_plan_is_taken_from_the_cores_before_this_process_pinned_itself(monk
     not from the ones `init_ray` left the process on."""
     monkeypatch.setattr(cluster.os, "sched_getaffinity", lambda pid: {1}, raising=False)
     monkeypatch.setattr(cluster, "_affinity_before_pinning", {0, 1})
-    assert cluster.core_plan() == ([0], [1])
+    assert cluster.core_plan(claim=lambda core: True) == ([0], [1])
+
+
+@pytest.mark.parametrize("kept, expected", [({0}, ([1], [0])), ({1}, ([0], [1])), ({0, 1}, None)])
+def test_a_second_local_run_keeps_a_core_no_other_run_keeps(monkeypatch, kept, expected):
+    """Two runs side by side on two cores: the second keeps the other core for its policy learner (its own
+    other processes go to the first run's learner's core); with every core kept, it pins nothing."""
+    monkeypatch.setattr(cluster, "_affinity_before_pinning", {0, 1})
+    assert cluster.core_plan(claim=lambda core: core not in kept) == expected
+
+
+def test_a_core_is_kept_by_a_lock_the_system_lets_go_with_its_process(tmp_path):
+    """`claim_core` fails while another process keeps the core, and succeeds once that process has ended
+    (no stale lock to clean up after a crash); this process may claim it again after letting it go."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from umpo_dist.runtime.ray import cluster; "
+         f"print(cluster.claim_core(0, {str(tmp_path)!r}), flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        assert not cluster.claim_core(0, str(tmp_path))
+        assert cluster.claim_core(1, str(tmp_path))  # another core is free
+    finally:
+        holder.communicate("")  # the holder ends
+    assert cluster.claim_core(0, str(tmp_path))
+    cluster.release_cores()
+    assert cluster.claim_core(0, str(tmp_path)) and cluster.claim_core(1, str(tmp_path))
+    cluster.release_cores()

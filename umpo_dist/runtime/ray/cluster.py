@@ -44,15 +44,51 @@ def init_ray(cfg: Config, address: str | None = None) -> None:
         _started["policy_core"] = plan[0][0]
 
 
-def core_plan(max_cores: int = SMALL_MACHINE_CORES) -> tuple[list[int], list[int]] | None:
+def core_plan(max_cores: int = SMALL_MACHINE_CORES, claim=None) -> tuple[list[int], list[int]] | None:
     """On a machine with 2 to `max_cores` usable cores (Linux): (the policy learner's core, the others);
-    else None. On a bigger machine the learner's CPU request already keeps it from being crowded."""
+    else None. On a bigger machine the learner's CPU request already keeps it from being crowded.
+
+    The core is the first one no other local run keeps (`claim_core`, a lock held while this process lives or
+    until its next plan): two runs side by side on two cores keep one each, each run's other processes on the
+    other's core, not both learners on the first core at half speed each. None if every core is kept."""
     if not hasattr(os, "sched_getaffinity"):
         return None
     cores = sorted(_affinity_before_pinning or os.sched_getaffinity(0))
     if not 2 <= len(cores) <= max_cores:
         return None
-    return cores[:1], cores[1:]
+    claim = claim or claim_core
+    release_cores()  # this process's earlier cluster is gone: its core is free again
+    for core in cores:
+        if claim(core):
+            return [core], [c for c in cores if c != core]
+    log.warning("every core (%s) is kept for another local run's policy learner: this run pins none", cores)
+    return None
+
+
+_core_locks: dict[int, int] = {}  # core -> the open lock file this process keeps it with
+
+
+def claim_core(core: int, lock_dir: str | None = None) -> bool:
+    """Keep `core` for this process's policy learner unless another process on this machine keeps it: an
+    exclusive lock on a file named after the core, which the system lets go when the process ends."""
+    import fcntl
+    import tempfile
+
+    path = os.path.join(lock_dir or tempfile.gettempdir(), f"umpo-dist-policy-core-{core}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _core_locks[core] = fd
+    return True
+
+
+def release_cores() -> None:
+    """Let go of the cores this process keeps (`claim_core`)."""
+    while _core_locks:
+        os.close(_core_locks.popitem()[1])
 
 
 def policy_learner_cores() -> list[int] | None:
