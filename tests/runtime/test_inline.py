@@ -141,3 +141,27 @@ def test_bursts_of_updates_restart_the_policy_learner_on_each_new_model():
     runner.run()
     assert [(step, m["policy/restarted_at"]) for step, m in logged if "policy/objective" in m] == [(400, 120), (600, 220)]
     assert runner.objective.critic_only == 0 and runner.objective.updates == 400
+
+
+def test_a_round_logs_the_mean_of_its_updates_figures_as_a_ray_learner_call_does():
+    """Each round's log holds, per key, the mean over the round's policy (and model) updates that reported
+    it, as the Ray learners report each call (`runtime.learner_metrics`), not the last update's figures."""
+    torch.set_num_threads(1)
+    cfg = config.from_dict({}, [*FAST, "train.train_every=200", "train.eval_every=10000"])
+    logged, seen = [], []
+    runner = InlineRunner(cfg, lambda m, step: logged.append((step, dict(m))))
+    update = runner.objective.update
+
+    def recorded(batch):
+        seen.append((runner.schedule.env_steps, update(batch)))
+        return seen[-1][1]
+
+    runner.objective.update = recorded
+    runner.run()
+    rounds = [(step, m) for step, m in logged if "policy/objective" in m]
+    assert [step for step, _ in rounds] == [400, 600]  # none while the random steps end at 200
+    for step, m in rounds:
+        mine = [row for at, row in seen if at == step]
+        assert len(mine) > 1 and len({row["policy/objective"] for row in mine}) > 1  # a mean of differing figures
+        for key in ("policy/objective", "policy/alpha", "policy/value_loss"):
+            assert m[key] == pytest.approx(np.mean([row[key] for row in mine]), rel=1e-9), (step, key)

@@ -21,6 +21,7 @@ from umpo_dist.models.model_learner import build_model_learner
 from umpo_dist.objectives import build_objective
 from umpo_dist.diagnostics.watch import ExploitationWatch
 from umpo_dist.runtime.evaluation_round import evaluation_round, record_round
+from umpo_dist.runtime.learner_metrics import mean_metrics
 from umpo_dist.runtime.schedule import Schedule
 from umpo_dist.runtime.update_timer import UpdateTimer
 
@@ -79,28 +80,28 @@ class InlineRunner:
 
     def _train_model(self) -> dict:
         cfg, ml = self.cfg, self.model_learner
-        metrics: dict = {}
+        rows: list[dict] = []
         allowed = self.schedule.model_updates_allowed()
         if allowed:
             ml.refresh_statistics(self.replay.statistics)
-        for _ in range(allowed):  # the round's last update's figures, and its latest held-out evaluation
-            metrics.update(self.timer.run("model_learner", ml.update, self.replay.sample(cfg.model.batch_size)))
+        for _ in range(allowed):  # the round's updates' figures, and its held-out evaluations: their means
+            rows.append(self.timer.run("model_learner", ml.update, self.replay.sample(cfg.model.batch_size)))
             if ml.validation_due:
-                metrics.update(ml.validate(self.replay.holdout_batch(cfg.model.holdout_capacity)))
+                rows[-1].update(ml.validate(self.replay.holdout_batch(cfg.model.holdout_capacity)))
             self.schedule.model_updates = ml.updates
-        if metrics:
+        if rows:
             self.objective.set_model_weights(ml.model.state_dict(), ml.updates)
-        return metrics
+        return mean_metrics(rows)
 
     def _train_policy(self) -> dict:
         objective = self.objective
-        metrics: dict = {}
+        rows: list[dict] = []
         for _ in range(self.schedule.policy_updates_allowed()):
-            metrics = self.timer.run("policy_learner", objective.update, self.replay.sample_for(objective.needs))
+            rows.append(self.timer.run("policy_learner", objective.update, self.replay.sample_for(objective.needs)))
             self.schedule.policy_updates = objective.updates
-        if metrics and self.model_learner.classifier is not None:  # mnm.model_realism: the newest classifier
+        if rows and self.model_learner.classifier is not None:  # mnm.model_realism: the newest classifier
             self.model_learner.set_classifier_weights(objective.shared_weights()["classifier"], objective.updates)
-        return metrics
+        return mean_metrics(rows)
 
     def run(self, checkpoint: Callable[["InlineRunner"], None] | None = None, progress=None) -> dict:
         s, t = self.schedule, self.cfg.train

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections import deque
 
-import numpy as np
 import ray
 
 from umpo_dist.ops.checkpoint import load_learner_state
@@ -30,6 +29,7 @@ from umpo_dist.objectives import build_objective
 from umpo_dist.runtime.ray.cluster import assigned_cpus, pin_to
 from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry, was_restarted
 from umpo_dist.runtime.ray.weights import WeightSubscriber, publish
+from umpo_dist.runtime.learner_metrics import mean_metrics
 from umpo_dist.runtime.update_timer import UpdateTimer
 
 
@@ -68,11 +68,6 @@ class Prefetcher:
     def take_waited(self) -> float:
         waited, self.waited_s = self.waited_s, 0.0
         return waited
-
-
-def _mean_metrics(rows: list[dict]) -> dict:
-    keys = {k for row in rows for k in row}
-    return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}
 
 
 class _LearnerActor:
@@ -120,7 +115,7 @@ class _LearnerActor:
         publish(self.store, self.weights_name, self.learner.updates, self.learner.weights())
         restarted, self.restarted = self.restarted, False
         update_s, updates_timed = self.timer.take("update")
-        return {"updates": self.learner.updates, "metrics": _mean_metrics(rows), "restarted": restarted,
+        return {"updates": self.learner.updates, "metrics": mean_metrics(rows), "restarted": restarted,
                 "busy_s": busy_s, "data_wait_s": data.take_waited(), "update_s": update_s,
                 "updates_timed": updates_timed, **extra}
 
