@@ -369,9 +369,9 @@ def parity_cell(ray: dict, inline: dict, budget: int) -> str:
     mine, theirs = [v for v, _ in budget_points(ray, budget)], [v for v, _ in budget_points(inline, budget)]
     if not mine or not theirs:
         return "–"
-    diff = statistics.fmean(mine) - statistics.fmean(theirs)
+    diff, p = statistics.fmean(mine) - statistics.fmean(theirs), rank_test(mine, theirs)
     return (f"{statistics.fmean(mine):,.0f} (n={len(mine)}) vs {statistics.fmean(theirs):,.0f} (n={len(theirs)}): "
-            f"{diff:+,.0f}, p {rank_test(mine, theirs):.2f}")
+            f"{diff:+,.0f}, p {p:.{2 if p >= 0.01 else 3}f}")
 
 
 def parity_section(rows: list[dict]) -> list[str]:
