@@ -248,7 +248,7 @@ def main() -> None:
             command = shlex.join([
                 ".venv/bin/python", "benchmarks/learning.py", "--env", args.env, "--runtime", args.runtime,
                 "--seeds", str(seed), "--steps", str(args.steps), "--variant", args.variant,
-                *[x for o in args.overrides for x in ("--set", o)],
+                *(["--name", args.name] if args.name else []), *[x for o in args.overrides for x in ("--set", o)],
             ])
             diag = {d["step"]: d for d in load_checkpoint(s["checkpoint"])["counters"].get("diagnostics", [])}
             rows = [{"env": cfg.env.id, "runtime": args.runtime, "variant": name, "seed": seed, "env_steps": step,

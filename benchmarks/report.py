@@ -355,12 +355,11 @@ def rank_test(a: list[float], b: list[float]) -> float:
         z = observed / math.sqrt(n * m * (n + m + 1) / 12)
         return math.erfc(z / math.sqrt(2))
     pooled = a + b
-    extreme = total = 0
+    extreme = 0
     for picked in itertools.combinations(range(n + m), n):
         rest = sorted(set(range(n + m)) - set(picked))
         extreme += abs(u([pooled[i] for i in picked], [pooled[i] for i in rest]) - centre) >= observed - 1e-9
-        total += 1
-    return extreme / total
+    return extreme / math.comb(n + m, n)
 
 
 def parity_cell(ray: dict, inline: dict, budget: int) -> str:

@@ -26,10 +26,10 @@ from umpo_dist.devices import keep_freed_memory, select_device, set_threads
 from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.model_learner import build_model_learner
 from umpo_dist.objectives import build_objective
+from umpo_dist.runtime.learner_metrics import mean_metrics
 from umpo_dist.runtime.ray.cluster import assigned_cpus, pin_to
 from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry, was_restarted
 from umpo_dist.runtime.ray.weights import WeightSubscriber, publish
-from umpo_dist.runtime.learner_metrics import mean_metrics
 from umpo_dist.runtime.update_timer import UpdateTimer
 
 
