@@ -151,6 +151,13 @@ def test_rounds_hold_the_workers_at_each_round_end_until_both_learners_have_its_
     print("grants after the random phase (planned, steps):", grants)
     assert sum(steps for _, steps in grants) == TOTAL - RANDOM
     assert all(planned // every == (planned + steps - 1) // every for planned, steps in grants)
+    # Every chunk after the random steps was collected with a policy: the first round's with the initial one,
+    # published as version 0 (the policy learner has no updates for it yet), as the inline runner acts.
+    acted = log.driver.policy_versions_used
+    print("chunks per policy version acted with:", dict(acted))
+    assert sum(acted.values()) == len(grants)
+    first = [planned for planned, _ in grants if planned < RANDOM + every]
+    assert first and acted[0] == len(first)
     t = cfg.train
     model_target = lambda steps: t.model_warmup_updates + round(t.model_updates_per_step * (steps - RANDOM))  # noqa: E731
     learner_calls = [c for c in log.counters if c[0] in ("model", "policy")]

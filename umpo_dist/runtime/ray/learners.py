@@ -3,9 +3,10 @@
 Each wraps its core learner, computes on `cuda` when Ray assigned it a GPU and on
 the CPU otherwise, prefetches its next replay request while it computes on the
 current one, and publishes its weights to the weight store every `train.publish_every`
-updates and at the end of every call, so that env workers act with a policy, and the
-policy learner imagines with a model, at most about that many updates old (the policy
-learner looks for a newer model as often). Each call reports the
+updates and at the end of every call (the policy learner also its initial weights, as version 0, when
+it starts: after the random steps the workers act with a policy, as the inline runner's do), so that
+env workers act with a policy, and the policy learner imagines with a model, at most about that many
+updates old (the policy learner looks for a newer model as often). Each call reports the
 seconds it spent inside updates (`busy_s`), of which it waited for replay answers
 (`data_wait_s`) and computed gradient updates (`update_s`, over `updates_timed`), from which
 the driver logs utilisation, data waits and milliseconds per update.
@@ -188,6 +189,8 @@ class PolicyLearnerActor(_LearnerActor):
                                batched=True)
         if self.restarted:
             self._restore()
+        else:  # the initial policy, as version 0: the workers act with it once the random steps are in, as inline
+            publish(store, self.weights_name, self.learner.updates, self.learner.weights())
 
     def _load_published(self, weights: dict) -> None:
         self.learner.policy.load_state_dict(weights)
