@@ -187,6 +187,23 @@ def test_rounds_alternate_collection_and_all_of_its_updates_model_first(train_ev
     assert s.summary(1.0)["policy_ratio"] == pytest.approx(1.0, abs=1 / 4_000)
 
 
+def test_with_rounds_collection_waits_at_a_round_end_until_its_due_evaluation_started():
+    """The Ray driver runs one evaluation at a time, so the one due at a round's end may wait for the last one
+    to finish: until it starts, collection stops at that round's end, so it evaluates that round's policy at
+    its own step (a later start labelled it with the next round's step). Continuous learners do not wait."""
+    s = Schedule(train_cfg(total_env_steps=5_000, train_every=500, eval_every=1_000), tolerance=100)
+    s.eval_started()  # step 0's
+    s.env_steps = 1_000
+    assert not s.eval_due()  # not before the round's updates (`next_chunk` holds the workers for those)
+    s.model_updates, s.policy_updates = s.model_limiter.target_updates(1_000), s.policy_limiter.target_updates(1_000)
+    assert s.eval_due() and s.collection_limit() == 1_000  # due, not started: no further steps
+    assert s.eval_started() == 1_000 and s.collection_limit() > 1_000
+    continuous = Schedule(train_cfg(total_env_steps=5_000, eval_every=1_000), tolerance=100)
+    continuous.eval_started()
+    continuous.env_steps = 1_000
+    assert continuous.eval_due() and continuous.collection_limit() > 1_000
+
+
 def test_rounds_need_a_train_every_above_the_tolerance_and_the_default():
     assert Schedule(train_cfg(train_every=500), tolerance=100).round_steps == 500
     assert Schedule(train_cfg(train_every=100), tolerance=100).round_steps == 0  # the rate limiter's own window

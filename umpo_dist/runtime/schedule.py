@@ -181,8 +181,10 @@ class Schedule:
 
     def collection_limit(self) -> int:
         """The env step collection may run to now: the budget, or the next periodic checkpoint (written
-        with nothing in flight), or the steps taken once the run is stopping."""
-        if self.stopping():
+        with nothing in flight), or the steps taken once the run is stopping or, with rounds, while the
+        round's evaluation is due and not started (the last one may still be running): each evaluation
+        falls at the round end it is due at, with that round's policy."""
+        if self.stopping() or (self.round_steps and self.eval_due()):
             return self.env_steps
         due, total = self.next_checkpoint, self.cfg.total_env_steps
         return due if due is not None and due < total else total
