@@ -387,7 +387,12 @@ class Driver:
         return ref, Call("eval", step, weights=weights, version=version)
 
     def _finish_eval(self, ref, call: Call) -> None:
-        result = ray.get(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.ObjectLostError:  # the weights' owner left with a lost node: the newest weights, now
+            log.warning("the weights of the evaluation at env step %d were lost; evaluating the newest", call.index)
+            self._finish_eval(*self._submit_eval(call.index))
+            return
         weights = call.weights
         record_round(self, call.index, result, lambda: ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights,
                      call.version)
