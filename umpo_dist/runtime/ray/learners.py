@@ -103,6 +103,10 @@ class _LearnerActor:
             except ACTOR_ERRORS:
                 pass  # the store went down meanwhile: keep what the checkpoint gave
 
+    def _publish(self) -> None:
+        """Publish the current weights, as the version of its update count, and wait until the store has them."""
+        publish(self.store, self.weights_name, self.learner.updates, self.learner.weights())
+
     def _publish_within(self, i: int, num_updates: int) -> bool:
         """After the call's `i`-th update: publish every `train.publish_every` updates (not waited for: the
         store keeps the newest version, and the call's last publication is awaited). True if it published."""
@@ -113,7 +117,7 @@ class _LearnerActor:
 
     def _result(self, rows: list[dict], started: float, data: Prefetcher, **extra) -> dict:
         busy_s = time.perf_counter() - started
-        publish(self.store, self.weights_name, self.learner.updates, self.learner.weights())
+        self._publish()
         restarted, self.restarted = self.restarted, False
         update_s, updates_timed = self.timer.take("update")
         return {"updates": self.learner.updates, "metrics": mean_metrics(rows), "restarted": restarted,
@@ -128,7 +132,7 @@ class _LearnerActor:
 
     def load_state(self, state: dict) -> int:
         self.learner.load_state(state)
-        publish(self.store, self.weights_name, self.learner.updates, self.learner.weights())
+        self._publish()
         return self.learner.updates
 
 
@@ -190,7 +194,7 @@ class PolicyLearnerActor(_LearnerActor):
         if self.restarted:
             self._restore()
         else:  # the initial policy, as version 0: the workers act with it once the random steps are in, as inline
-            publish(store, self.weights_name, self.learner.updates, self.learner.weights())
+            self._publish()
 
     def _load_published(self, weights: dict) -> None:
         self.learner.policy.load_state_dict(weights)
