@@ -4,6 +4,9 @@ Each test runs a tiny InvertedPendulum budget on the module's local Ray cluster 
 watches the driver from a callback (called once per scheduling round).
 """
 
+from collections import Counter
+
+import numpy as np
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
@@ -280,3 +283,46 @@ def test_the_policy_learner_runs_on_the_core_kept_for_it(local_ray, workdir, mon
     print("affinity:", seen)
     assert seen["policy"] == [core]
     assert seen["model"] == sorted(os.sched_getaffinity(0)) and len(seen["model"]) > 1
+
+
+def test_the_log_gets_the_mean_of_the_learner_calls_since_the_last_report(local_ray, workdir):
+    """Several learner calls may end between two reports; each logged learner figure is their mean (per
+    key, over the calls that have it), not the last call's."""
+    reports = []  # (the logged metrics, {kind: the metrics of each learner call handled since the last report})
+    pending = {"model": [], "policy": []}
+
+    def wrap(driver):
+        if getattr(driver, "_log_recorded", False):
+            return
+        driver._log_recorded = True
+        handle, log = driver._handle, driver.log
+
+        def recording_handle(call, ref):
+            if call.kind in pending:
+                try:
+                    pending[call.kind].append(ray.get(ref)["metrics"])
+                except ray.exceptions.RayError:
+                    pass
+            handle(call, ref)
+
+        def recording_log(metrics, step):
+            if "rate/env_steps_per_s" not in metrics:  # an evaluation's figures, not a report
+                return log(metrics, step)
+            reports.append((metrics, {kind: list(calls) for kind, calls in pending.items()}))
+            for calls in pending.values():
+                calls.clear()
+            log(metrics, step)
+
+        driver._handle, driver.log = recording_handle, recording_log
+
+    train(ip_config(*RUN, "tracking.log_every_s=2"), progress=False, callbacks=[wrap])
+    checked = Counter()
+    for metrics, calls in reports:
+        for kind, rows in calls.items():
+            for key in {k for row in rows for k in row}:
+                values = [row[key] for row in rows if key in row]
+                assert metrics[key] == pytest.approx(float(np.mean(values)), rel=1e-9, abs=1e-12), (kind, key)
+            checked[kind, len(rows) > 1] += 1
+    print("reports by (kind, several calls):", dict(checked))
+    # The rule was exercised where it matters: reports that follow several calls of each learner.
+    assert checked["model", True] > 0 and checked["policy", True] > 0

@@ -35,6 +35,7 @@ from umpo_dist.runtime.ray.retry import ACTOR_ERRORS, call_with_retry
 from umpo_dist.runtime.ray.weights import WeightStoreActor
 from umpo_dist.runtime.admission import Admission
 from umpo_dist.runtime.evaluation_round import record_round
+from umpo_dist.runtime.learner_metrics import mean_metrics
 from umpo_dist.runtime.schedule import Call, Schedule
 from umpo_dist.runtime.update_timer import UpdateTimer
 
@@ -145,6 +146,7 @@ class Driver:
         """
         s = self.schedule
         self._metrics: dict = {}
+        self._learner_calls: dict = defaultdict(list)  # per learner kind, each call's metrics since the last report
         self._staleness: dict = defaultdict(list)
         start = time.monotonic()
         self._window = (start, s.env_steps, s.model_updates, s.policy_updates)
@@ -325,11 +327,11 @@ class Driver:
                 self._metrics["episode/length"] = ep["length"]
         elif kind == "model":
             s.model_updates = result["updates"]
-            self._metrics.update(result["metrics"])
+            self._learner_calls[kind].append(result["metrics"])
         else:
             s.policy_updates = result["updates"]
             self._staleness["model"].append(s.model_updates - result["model_version"])
-            self._metrics.update(result["metrics"])
+            self._learner_calls[kind].append(result["metrics"])
 
     def _report(self, progress, force: bool = False) -> None:
         s = self.schedule
@@ -351,10 +353,14 @@ class Driver:
             rates[f"staleness/{name}_versions"] = float(np.mean(lags))
         rates.update({f"utilisation/{role}": share for role, share in self._utilisation(now).items()})
         rates.update({f"update_ms/{role}": ms for role, ms in self.timer.ms_per_update().items()})
+        for calls in self._learner_calls.values():
+            # Several calls may end between two reports: the log gets their mean, not the last one's figures.
+            self._metrics.update(mean_metrics(calls))
         self.log({**self._metrics, **rates}, s.env_steps)
         if progress:
             progress.update(s.env_steps, s.evaluations[-1][1] if s.evaluations else None, rates)
         self._metrics = {}
+        self._learner_calls = defaultdict(list)
         self._staleness = defaultdict(list)
         self._window = (now, s.env_steps, s.model_updates, s.policy_updates)
 
