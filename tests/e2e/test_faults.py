@@ -1,6 +1,8 @@
 """Fault injection on a real local Ray cluster: actors killed mid-run, a node removed."""
 
+import os
 import time
+from collections import Counter
 
 import pytest
 import ray
@@ -156,4 +158,42 @@ def test_killed_policy_learner_restarts_from_published_weights(local_ray, workdi
     assert summary["recoveries"].get("policy", 0) >= 1
     # ... and kept learning from there.
     assert summary["policy_updates"] > seen["version"]
+    finished_consistently(summary)
+
+
+def test_an_evaluation_whose_weights_are_lost_before_it_is_booked_is_made_again(local_ray, workdir):
+    """The weight store owns the published weights. If it dies (with a lost node, say) after an evaluation
+    ended and before the driver booked it, the weights evaluated are gone, and the best policy's export
+    would need them: the driver evaluates the newest weights for that step instead of failing the run."""
+    submitted, killed = Counter(), []
+
+    def store_pid(driver):
+        return call_with_retry(lambda: driver.store.__ray_call__.remote(lambda actor: os.getpid()), "store pid")
+
+    def wrap(driver):
+        if "_finish_eval" in vars(driver):
+            return
+        finish, submit = driver._finish_eval, driver._submit_eval
+
+        def counting_submit(step):
+            submitted[step] += 1
+            return submit(step)
+
+        def kill_the_store_first(ref, call):
+            if not killed and call.index > 0 and isinstance(call.weights, ray.ObjectRef):
+                ray.wait([ref])  # the evaluation has ended
+                before = store_pid(driver)
+                ray.kill(driver.store, no_restart=False)
+                while store_pid(driver) == before:  # until the store runs again, in a new process
+                    time.sleep(0.1)
+                killed.append(call.index)
+            finish(ref, call)
+
+        driver._finish_eval, driver._submit_eval = kill_the_store_first, counting_submit
+
+    summary = train(ip_config(*RUN, "train.eval_every=500"), progress=False, callbacks=[wrap])
+    print("store killed at the evaluation of step", killed, "submitted:", dict(submitted))
+    assert killed
+    assert submitted[killed[0]] == 2
+    assert [step for step, _ in summary["evaluations"]] == [0, 500, 1000, 1500]
     finished_consistently(summary)

@@ -395,10 +395,11 @@ class Driver:
     def _finish_eval(self, ref, call: Call) -> None:
         try:
             result = ray.get(ref)
+            # Fetched now, while the evaluation is known good: the best policy's export needs them, and the
+            # store that owns them may go with a lost node before they are read.
+            weights = ray.get(call.weights) if isinstance(call.weights, ray.ObjectRef) else call.weights
         except ray.exceptions.ObjectLostError:  # the weights' owner left with a lost node: the newest weights, now
             log.warning("the weights of the evaluation at env step %d were lost; evaluating the newest", call.index)
             self._finish_eval(*self._submit_eval(call.index))
             return
-        weights = call.weights
-        record_round(self, call.index, result, lambda: ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights,
-                     call.version)
+        record_round(self, call.index, result, lambda: weights, call.version)
