@@ -10,8 +10,8 @@ the task's committed config file, the variant's overrides and `--set` overrides 
 MLflow and run data in a temporary directory. Every evaluation of every seed is
 appended to `benchmarks/results/learning.csv` (env, runtime, variant, seed, env steps,
 return, wall-clock since the loop started, git commit, termination rule, the command
-that reproduces the row) as soon as that seed's run ends, so nothing measured is lost
-when a long session is cut short. `benchmarks/report.py` turns the CSV into
+that reproduces the row, the model diagnostics) as soon as the run has made it, so a run
+cut short (a session's end, a killed process) keeps every evaluation it reached. `benchmarks/report.py` turns the CSV into
 `docs/results.md`.
 """
 
@@ -136,8 +136,10 @@ def termination_rule(cfg) -> str:
     return getattr(cfg.model, "termination", "learned")
 
 
-def run_seed(task: str, runtime: str, overrides: list[str], seed: int, cap_s: float | None, workdir: Path) -> dict:
-    """One training run; returns its summary and the wall-clock of each evaluation."""
+def run_seed(task: str, runtime: str, overrides: list[str], seed: int, cap_s: float | None, workdir: Path,
+             on_evaluation=None) -> dict:
+    """One training run; returns its config and summary. `on_evaluation(cfg, step, ret, wall, diag)` is called for
+    each evaluation as soon as the run has booked it, with its wall-clock and model diagnostics (empty: none)."""
     from umpo_dist.config import load
     from umpo_dist.ops.train import train
 
@@ -152,13 +154,15 @@ def run_seed(task: str, runtime: str, overrides: list[str], seed: int, cap_s: fl
         from umpo_dist.runtime.ray.cluster import init_ray
 
         init_ray(cfg)
-    marks = {"start": None, "seen": 0, "walls": []}
+    marks = {"start": None, "seen": 0, "schedule": None}
 
     def show(evaluations, wall: float) -> None:
-        """Print (and time at `wall`) the evaluations not yet shown."""
+        """Hand on (timed at `wall`) and print the evaluations not yet shown."""
+        diagnostics = marks["schedule"].diagnostics if marks["schedule"] is not None else []
         while marks["seen"] < len(evaluations):
-            marks["walls"].append(wall)
             step, ret = evaluations[marks["seen"]]
+            if on_evaluation is not None:
+                on_evaluation(cfg, step, ret, wall, next((d for d in diagnostics if d["step"] == step), {}))
             print(f"  {task} {runtime} seed {seed}: step {step:>7,} return {ret:>9.1f} ({wall:.0f} s)", flush=True)
             marks["seen"] += 1
 
@@ -166,18 +170,18 @@ def run_seed(task: str, runtime: str, overrides: list[str], seed: int, cap_s: fl
         now = time.perf_counter()
         if marks["start"] is None:
             marks["start"] = now
+        marks["schedule"] = runner.schedule
         show(runner.schedule.evaluations, now - marks["start"])
         if cap_s is not None and now - marks["start"] > cap_s:
             runner.request_stop()
 
     summary = train(cfg, progress=False, callbacks=[watch])
     show(summary["evaluations"], summary["wall_s"])  # those after the last round's callback (the run's last ones)
-    walls = marks["walls"]
     if runtime == "ray":
         import ray
 
         ray.shutdown()
-    return {"cfg": cfg, "summary": summary, "walls": walls}
+    return {"cfg": cfg, "summary": summary}
 
 
 def append_rows(rows: list[dict], path: Path = RESULTS, columns: list[str] = COLUMNS) -> None:
@@ -213,6 +217,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=0.0, help="wall-clock cap per seed (0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (inline runtime)")
     p.add_argument("--no-csv", action="store_true", help="print only")
+    p.add_argument("--csv", type=Path, default=RESULTS, help="the CSV the rows go to (default: %(default)s)")
     p.add_argument("--keep", type=Path, default=None, metavar="DIR",
                    help="keep the runs (checkpoints, MLflow store DIR/mlflow.db) in DIR instead of a temporary directory")
     p.add_argument("--peer", choices=["sac"], default=None,
@@ -225,7 +230,6 @@ def main() -> None:
 
     import torch
 
-    from umpo_dist.ops.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
     overrides = VARIANTS[args.variant] + [f"train.total_env_steps={args.steps}"] + args.overrides
@@ -234,7 +238,7 @@ def main() -> None:
     if args.peer:
         import peers
 
-        return peers.run(args, commit, append_rows)
+        return peers.run(args, commit, lambda rows: append_rows(rows, args.csv))
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     with (contextlib.nullcontext(str(args.keep.resolve())) if args.keep
@@ -243,21 +247,21 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
         finals = []
         for seed in args.seeds:
-            out = run_seed(args.env, args.runtime, overrides, seed, args.minutes * 60 or None, work)
-            s, cfg = out["summary"], out["cfg"]
             command = shlex.join([
                 ".venv/bin/python", "benchmarks/learning.py", "--env", args.env, "--runtime", args.runtime,
                 "--seeds", str(seed), "--steps", str(args.steps), "--variant", args.variant,
                 *(["--name", args.name] if args.name else []), *[x for o in args.overrides for x in ("--set", o)],
             ])
-            diag = {d["step"]: d for d in load_checkpoint(s["checkpoint"])["counters"].get("diagnostics", [])}
-            rows = [{"env": cfg.env.id, "runtime": args.runtime, "variant": name, "seed": seed, "env_steps": step,
-                     "eval_return": f"{ret:.1f}", "wall_s": f"{wall:.1f}", "commit": commit,
-                     "termination": termination_rule(cfg), "command": command,
-                     **{k: f"{diag[step][k]:.4f}" if k in diag.get(step, {}) else "" for k in COLUMNS[-2:]}}
-                    for (step, ret), wall in zip(s["evaluations"], out["walls"])]
-            if not args.no_csv:
-                append_rows(rows)
+
+            def book(cfg, step, ret, wall, diag, seed=seed, command=command) -> None:
+                append_rows([{"env": cfg.env.id, "runtime": args.runtime, "variant": name, "seed": seed,
+                              "env_steps": step, "eval_return": f"{ret:.1f}", "wall_s": f"{wall:.1f}", "commit": commit,
+                              "termination": termination_rule(cfg), "command": command,
+                              **{k: f"{diag[k]:.4f}" if k in diag else "" for k in COLUMNS[-2:]}}], args.csv)
+
+            out = run_seed(args.env, args.runtime, overrides, seed, args.minutes * 60 or None, work,
+                           None if args.no_csv else book)
+            s, cfg = out["summary"], out["cfg"]
             finals.append(s["final_return"])
             print(f"{cfg.env.id} {args.runtime} {name} seed {seed}: final {s['final_return']:.1f}, best "
                   f"{s['best_return']:.1f}, {s['env_steps']:,} env steps in {s['wall_s']:.0f} s; "
