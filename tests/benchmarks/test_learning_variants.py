@@ -106,14 +106,20 @@ def test_each_variant_names_the_variant_it_is_built_on():
 
 def test_a_run_prints_and_times_every_evaluation_its_last_included(tmp_path, monkeypatch, capsys):
     """The progress lines follow the rounds' callbacks; the evaluations after the last one (the run's end)
-    are printed and timed too, one wall-clock per evaluation."""
+    are printed, timed and handed on too, one wall-clock per evaluation, with the model diagnostics of each
+    evaluation made with a trained model."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     small = ["train.total_env_steps=300", "train.random_steps=100", "train.model_warmup_updates=5",
              "train.eval_every=100", "train.checkpoint_every=300", "env.eval_episodes=1",
              "model.hidden_size=16", "policy.hidden_size=16"]
-    out = learning.run_seed("inverted_pendulum", "inline", small, 0, None, tmp_path)
+    handed = []
+    out = learning.run_seed("inverted_pendulum", "inline", small, 0, None, tmp_path,
+                            lambda cfg, step, ret, wall, diag: handed.append((step, ret, wall, diag)))
     evaluations = out["summary"]["evaluations"]
     assert [step for step, _ in evaluations] == [0, 100, 200, 300]
-    assert len(out["walls"]) == len(evaluations) and out["walls"] == sorted(out["walls"])
+    assert [(step, ret) for step, ret, _, _ in handed] == evaluations
+    walls = [wall for _, _, wall, _ in handed]
+    assert walls == sorted(walls) and walls[-1] == out["summary"]["wall_s"]
+    assert handed[0][3] == {} and handed[-1][3]["step"] == 300 and "gap_share" in handed[-1][3]
     printed = [line for line in capsys.readouterr().out.splitlines() if "inverted_pendulum inline seed 0" in line]
     assert [int(line.split("step")[1].split()[0].replace(",", "")) for line in printed] == [0, 100, 200, 300]
