@@ -11,8 +11,8 @@ MLflow and run data in a temporary directory. Every evaluation of every seed is
 appended to `benchmarks/results/learning.csv` (env, runtime, variant, seed, env steps,
 return, wall-clock since the loop started, git commit, termination rule, the command
 that reproduces the row, the model diagnostics) as soon as the run has made it, so a run
-cut short (a session's end, a killed process) keeps every evaluation it reached. `benchmarks/report.py` turns the CSV into
-`docs/results.md`.
+cut short (a session's end, a killed process) keeps every evaluation it reached.
+`benchmarks/report.py` turns the CSV into `docs/results.md`.
 """
 
 from __future__ import annotations
@@ -229,7 +229,6 @@ def main() -> None:
         p.error("--peer runs Stable-Baselines3 alone: no --runtime, --variant or --name")
 
     import torch
-
 
     torch.set_num_threads(args.threads)
     overrides = VARIANTS[args.variant] + [f"train.total_env_steps={args.steps}"] + args.overrides
