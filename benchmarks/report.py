@@ -50,12 +50,28 @@ def read(name: str) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def runs(rows: list[dict]) -> dict:
-    """(env, variant, runtime, termination) -> {(seed, commit): [(step, return, wall)]}."""
-    out: dict = defaultdict(lambda: defaultdict(list))
+def run_keys(rows: list[dict]) -> list[tuple[tuple, tuple]]:
+    """Per row, in the CSV's order: its group (env, variant, runtime, termination) and its run (seed, commit, k).
+    `benchmarks/learning.py` appends a run's evaluations as they come, so a seed run again on the same commit
+    (after a run cut short, say) books a step its run k already has: that row starts run k + 1."""
+    current: dict = {}  # (group, seed, commit) -> (k, the steps run k has)
+    out = []
     for r in rows:
-        key = (r["env"], r["variant"], r["runtime"], r["termination"])
-        out[key][(int(r["seed"]), r["commit"])].append((int(r["env_steps"]), float(r["eval_return"]), float(r["wall_s"])))
+        group, step = (r["env"], r["variant"], r["runtime"], r["termination"]), int(r["env_steps"])
+        k, steps = current.setdefault((group, r["seed"], r["commit"]), (0, set()))
+        if step in steps:
+            k, steps = k + 1, set()
+            current[(group, r["seed"], r["commit"])] = (k, steps)
+        steps.add(step)
+        out.append((group, (int(r["seed"]), r["commit"], k)))
+    return out
+
+
+def runs(rows: list[dict]) -> dict:
+    """(env, variant, runtime, termination) -> {(seed, commit, k): [(step, return, wall)]} (`run_keys`)."""
+    out: dict = defaultdict(lambda: defaultdict(list))
+    for r, (group, run) in zip(rows, run_keys(rows)):
+        out[group][run].append((int(r["env_steps"]), float(r["eval_return"]), float(r["wall_s"])))
     return out
 
 
@@ -277,7 +293,7 @@ def base_of(variant: str, runtime: str, term: str, groups: dict):
 def per_seed_at(seeds: dict, budget: int) -> dict[int, float]:
     """seed -> return at `budget` (`at_budget`), the mean over that seed's runs where it ran more than once."""
     by_seed: dict = defaultdict(list)
-    for (seed, _commit), curve in seeds.items():
+    for (seed, *_), curve in seeds.items():
         if (p := at_budget(curve, budget)) is not None:
             by_seed[seed].append(p[1])
     return {seed: statistics.fmean(v) for seed, v in by_seed.items()}
@@ -321,8 +337,8 @@ def diagnostics_section(rows: list[dict]) -> list[str]:
              "the one-step calibration error (ENCE; 0 calibrated, 0.5 for variances 4× too large) on the evaluation "
              "episodes' transitions, which the model never trained on.", ""]
     by_env: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in rows:
-        by_env[r["env"]][(r["variant"], r["runtime"], r["termination"])][(int(r["seed"]), r["commit"])].append(r)
+    for r, (group, run) in zip(rows, run_keys(rows)):
+        by_env[group[0]][group[1:]][run].append(r)
     for env in sorted(by_env, key=lambda e: (TASK_ORDER.index(e) if e in TASK_ORDER else 99, e)):
         lines += [f"### {env}", "", "| variant | runtime | termination | " + " | ".join(f"{b // 1000}k gap / cal" for b in BUDGETS) + " |",
                   "|---|---|---|" + "---|" * len(BUDGETS)]

@@ -133,3 +133,18 @@ def test_parity_compares_only_variants_run_in_both_runtimes():
     assert table == ["| Hopper-v5 | shipped | learned | 100 (n=2) vs 100 (n=3): +0, p 1.00 "
                      "| 400 (n=2) vs 800 (n=3): -400, p 0.10 | 650 (n=2) vs 1,667 (n=3): -1,017, p 0.10 |"]
     assert report.parity_section(curve_rows(env, "shipped", "inline", "learned", 0, [(5000, 1.0, 1)])) == []
+
+
+def test_a_seed_run_again_on_the_same_commit_is_a_run_of_its_own():
+    """A cut run's rows (booked as they came) and the same seed's rerun on one commit are two runs, not one curve
+    with two returns at a step; rows of one run out of step order stay one run."""
+    env = "Hopper-v5"
+    cut = curve_rows(env, "shipped", "inline", "learned", 0, [(0, 40.0, 1), (2500, 900.0, 60)])
+    again = curve_rows(env, "shipped", "inline", "learned", 0, [(0, 40.0, 1), (2500, 100.0, 60), (5000, 300.0, 120)])
+    reordered = curve_rows(env, "shipped", "inline", "learned", 1, [(2500, 200.0, 60), (5000, 400.0, 120), (0, 50.0, 1)])
+    seeds = report.runs(cut + again + reordered)[(env, "shipped", "inline", "learned")]
+    assert seeds == {(0, "abc", 0): [(0, 40.0, 1.0), (2500, 900.0, 60.0)],
+                     (0, "abc", 1): [(0, 40.0, 1.0), (2500, 100.0, 60.0), (5000, 300.0, 120.0)],
+                     (1, "abc", 0): [(2500, 200.0, 60.0), (5000, 400.0, 120.0), (0, 50.0, 1.0)]}
+    assert sorted(report.budget_points(seeds, 5000)) == [(300.0, 120.0), (400.0, 120.0)]
+    assert report.per_seed_at(seeds, 2500) == {0: 500.0, 1: 200.0}
