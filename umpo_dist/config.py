@@ -74,6 +74,9 @@ class ModelConfig:
     # which under linear sampling counts old data most) or "replay" (recomputed, unweighted, over the replay's
     # whole window before each round of model updates, as the compact reference does)
     normalizer: str = choice("running", "running", "replay")
+    # a member's aleatoric variance: "heteroscedastic" (predicted per input by the head) or "homoscedastic" (one
+    # learned log-variance per member and target dim, as DHMBPO's models; inside the same soft bounds)
+    noise: str = choice("heteroscedastic", "heteroscedastic", "homoscedastic")
 
 
 @dataclass

@@ -167,6 +167,56 @@ def test_the_model_learner_trains_the_network_the_config_describes():
     imagined.load_state_dict(learned.state_dict())
 
 
+def test_homoscedastic_noise_is_one_learned_variance_per_member_and_travels_with_the_weights():
+    from umpo_dist.envs.spec import env_spec
+    from umpo_dist.models.ensemble import build_ensemble
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(ensemble_size=3, hidden_layers=2, hidden_size=16, noise="homoscedastic")
+    homo = ModelLearner(cfg, 4, 1).model
+    assert homo.head.weight.shape[-1] == homo.target_dim + 1  # the head predicts means and termination alone
+    with torch.no_grad():
+        homo.noise_logvar.copy_(torch.randn_like(homo.noise_logvar))
+    pred = homo.predict(torch.randn(64, 4), torch.randn(64, 1))
+    # the same variance for every input, a different one per member and target dim
+    torch.testing.assert_close(pred["var"], pred["var"][:, :1].expand_as(pred["var"]))
+    assert pred["var"][:, 0].unique().numel() == 3 * homo.target_dim
+    # the noise is a weight: it trains and travels (to the policy learner's copy of the model)
+    homo.loss(make_model_batch(32, 4, 1, torch.Generator().manual_seed(1)))[0].backward()
+    assert homo.noise_logvar.grad.abs().min() > 0
+    imagined = build_ensemble(env_spec("InvertedPendulum-v5"), cfg)
+    imagined.load_state_dict(homo.state_dict())
+    torch.testing.assert_close(imagined.predict(torch.ones(2, 4), torch.ones(2, 1))["var"],
+                               homo.predict(torch.ones(2, 4), torch.ones(2, 1))["var"])
+    hetero = EnsembleDynamics(4, 1, 3, hidden_layers=2, hidden_size=16)
+    with pytest.raises(ValueError, match="trained with model.noise 'homoscedastic'; this network is built with 'heteroscedastic'"):
+        hetero.load_state_dict(homo.state_dict())
+    with pytest.raises(ValueError, match="trained with model.noise 'heteroscedastic'; this network is built with 'homoscedastic'"):
+        homo.load_state_dict(hetero.state_dict())
+    with pytest.raises(ValueError, match="noise must be one of"):
+        EnsembleDynamics(4, 1, 3, noise="constant")
+
+
+def test_homoscedastic_noise_learns_the_datas_noise_level():
+    """Δobs = f(obs, a) + 0.1·ε: the learned standard deviation of Δobs comes out near 0.1 (the fit's own error
+    adds a little), far from where it starts, near the targets' whole spread (≈ 0.4)."""
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    cfg = ModelConfig(ensemble_size=3, hidden_layers=2, hidden_size=32, lr=3e-3, batch_size=128, noise="homoscedastic")
+    obs = rng.uniform(-1, 1, (4000, 1)).astype(np.float32)
+    action = rng.uniform(-1, 1, (4000, 1)).astype(np.float32)
+    delta = 0.5 * np.sin(3 * obs) + 0.2 * action + 0.1 * rng.standard_normal(obs.shape)
+    data = {"obs": obs, "action": action, "next_obs": (obs + delta).astype(np.float32),
+            "reward": (-(obs[:, 0] ** 2)).astype(np.float32), "terminated": np.zeros(4000, np.float32)}
+    learner = ModelLearner(cfg, 1, 1, seed=3)
+    for _ in range(800):
+        i = rng.integers(0, 4000, 128)
+        learner.update({**{k: v[i] for k, v in data.items()}, "weights": np.ones((128, 3), np.float32)})
+    with torch.no_grad():
+        std = learner.model.predict(torch.zeros(1, 1), torch.zeros(1, 1))["var"][:, 0, 0].sqrt()
+    assert torch.all((std > 0.08) & (std < 0.14)), std
+
+
 def test_zero_bootstrap_weight_removes_a_sample_from_that_members_loss():
     torch.manual_seed(2)
     obs_dim, act_dim, E, B = 3, 2, 4, 32

@@ -5,7 +5,9 @@ and runs one batched matmul (`torch.baddbmm`), never a Python loop over members
 (mbrl-lib measured ≈2.5× over separate networks; `benchmarks/ensemble.py` measures it
 here). Each member predicts a Gaussian over `(Δobs, reward)` with a bounded
 log-variance, plus a termination logit. Aleatoric uncertainty is a member's own
-variance; epistemic uncertainty is the variance of the members' means.
+variance (a function of the input, or under `model.noise: homoscedastic` one learned
+variance per member and target dim, as DHMBPO's models have); epistemic uncertainty is
+the variance of the members' means.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from torch import nn
 
 from umpo_dist.envs.termination import continuation, known_termination
 from umpo_dist.models.normalizer import RunningNormalizer
+
+
+NOISE = ("heteroscedastic", "homoscedastic")  # model.noise: a member's variance depends on its input, or not
 
 
 def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -60,20 +65,29 @@ class EnsembleDynamics(nn.Module):
     """`E` Gaussian MLPs over `(obs, action) → (Δobs, reward)` plus a termination logit."""
 
     def __init__(self, obs_dim: int, action_dim: int, ensemble_size: int = 7, hidden_layers: int = 4, hidden_size: int = 200,
-                 layer_norm: bool = False, dropout: float = 0.0):
+                 layer_norm: bool = False, dropout: float = 0.0, noise: str = "heteroscedastic"):
         """`layer_norm`: every layer after the first sees its input layer-normalised (no learned scale or shift,
         so it adds no weights), with an ε that starts at 1 (a soft normalisation) and falls tenfold per layer
         to 1e-5 — a regulariser of deep ensembles (DHMBPO's models use this schedule).
 
         `dropout`: in the training loss only, hidden layer k of L drops its units (before the activation) with
         probability `dropout · (L − k) / (L + 1)` — highest after the first layer, none in the head, DHMBPO's
-        schedule; predictions, rollouts and held-out scores use the whole network."""
+        schedule; predictions, rollouts and held-out scores use the whole network.
+
+        `noise`: "heteroscedastic" (the head predicts each input's log-variance) or "homoscedastic" (each member
+        learns one log-variance per target dim, whatever the input; the head predicts the means alone)."""
+        if noise not in NOISE:
+            raise ValueError(f"noise must be one of {NOISE}, got {noise!r}")
         super().__init__()
         self.obs_dim, self.action_dim, self.ensemble_size = obs_dim, action_dim, ensemble_size
         self.target_dim = obs_dim + 1  # Δobs and reward
         sizes = [obs_dim + action_dim] + [hidden_size] * hidden_layers
         self.hidden = nn.ModuleList(EnsembleLinear(ensemble_size, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.head = EnsembleLinear(ensemble_size, hidden_size, 2 * self.target_dim + 1)
+        self.noise, self.homoscedastic = noise, noise == "homoscedastic"
+        variance_outputs = 0 if self.homoscedastic else self.target_dim
+        self.head = EnsembleLinear(ensemble_size, hidden_size, self.target_dim + variance_outputs + 1)
+        if self.homoscedastic:  # normalised units: starts at the targets' own variance
+            self.noise_logvar = nn.Parameter(torch.zeros(ensemble_size, 1, self.target_dim))
         # ε of the normalisation in front of hidden layer 1, 2, … and the head (hidden layer 0 sees the
         # normalised inputs); empty: none
         self.norm_eps = [max(10.0 ** -k, 1e-5) for k in range(hidden_layers)] if layer_norm else []
@@ -94,6 +108,10 @@ class EnsembleDynamics(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         check_layer_norm(state_dict, prefix + "layer_norm_eps", self.layer_norm_eps, "dynamics-model (model.layer_norm)")
+        trained = NOISE[prefix + "noise_logvar" in state_dict]
+        if trained != self.noise:
+            raise ValueError(f"these dynamics-model weights were trained with model.noise {trained!r}; this network "
+                             f"is built with {self.noise!r}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, dropout: bool = False):
@@ -110,8 +128,11 @@ class EnsembleDynamics(nn.Module):
                 if self.norm_eps:
                     x = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps[k - 1])
             x = layer(x)
-        out = x
-        mean, raw_logvar, term_logit = out.split([self.target_dim, self.target_dim, 1], -1)
+        if self.homoscedastic:
+            mean, term_logit = x.split([self.target_dim, 1], -1)
+            raw_logvar = self.noise_logvar.expand_as(mean)
+        else:
+            mean, raw_logvar, term_logit = x.split([self.target_dim, self.target_dim, 1], -1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar, term_logit.squeeze(-1)
@@ -196,7 +217,7 @@ class EnsembleDynamics(nn.Module):
 def ensemble_network(obs_dim: int, action_dim: int, cfg) -> EnsembleDynamics:
     """The dynamics network a `ModelConfig` describes (what the model learner trains)."""
     return EnsembleDynamics(obs_dim, action_dim, cfg.ensemble_size, cfg.hidden_layers, cfg.hidden_size, cfg.layer_norm,
-                            cfg.dropout)
+                            cfg.dropout, cfg.noise)
 
 
 def build_ensemble(spec, cfg) -> EnsembleDynamics:
