@@ -83,7 +83,7 @@ class EnsembleDynamics(nn.Module):
         self.target_dim = obs_dim + 1  # Δobs and reward
         sizes = [obs_dim + action_dim] + [hidden_size] * hidden_layers
         self.hidden = nn.ModuleList(EnsembleLinear(ensemble_size, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.noise, self.homoscedastic = noise, noise == "homoscedastic"
+        self.noise = noise
         variance_outputs = 0 if self.homoscedastic else self.target_dim
         self.head = EnsembleLinear(ensemble_size, hidden_size, self.target_dim + variance_outputs + 1)
         if self.homoscedastic:  # normalised units: starts at the targets' own variance
@@ -105,6 +105,10 @@ class EnsembleDynamics(nn.Module):
         # termination head in `step`. Not a weight: set from the config by `build_ensemble`.
         self.termination_rule = None
         self.soft_termination = False
+
+    @property
+    def homoscedastic(self) -> bool:
+        return self.noise == "homoscedastic"
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         check_layer_norm(state_dict, prefix + "layer_norm_eps", self.layer_norm_eps, "dynamics-model (model.layer_norm)")
