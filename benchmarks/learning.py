@@ -48,9 +48,15 @@ PLAIN_CRITIC = ["policy.value_members=1", "policy.value_layer_norm=false", *VALU
 # rows are labelled `no_bursts`, which reproduces them on hopper.yaml as it is now.
 NO_RESTART = ["policy.restart_every=0", "policy.critic_warmup=0"]
 NO_BURSTS = ["train.train_every=10", "train.policy_updates_per_step=1.0", *NO_RESTART]
-# A model without DHMBPO's regularisers (layer norm, dropout): the default, and the compact reference's. walker2d.yaml
-# carries them; its earlier rows on the file are labelled `plain_model`, which reproduces them.
-PLAIN_MODEL = ["model.layer_norm=false", "model.dropout=0.0"]
+# Each member's noise predicted per input (the default, and the compact reference's), not DHMBPO's one learned
+# log-variance per target dim: hopper.yaml carries that; its earlier rows on the file (all of `shipped`'s before
+# it, and those of `no_bursts`, `imagined_critic` and `value_critic`, which begin with this) are labelled
+# `heteroscedastic`, which reproduces them.
+HETEROSCEDASTIC = ["model.noise=heteroscedastic"]
+# A model without DHMBPO's regularisers (layer norm, dropout) and noise: the default, and the compact reference's.
+# walker2d.yaml carries the regularisers; its earlier rows on the file are labelled `plain_model`, which reproduces
+# them.
+PLAIN_MODEL = ["model.layer_norm=false", "model.dropout=0.0", *HETEROSCEDASTIC]
 VARIANTS: dict[str, list[str]] = {
     "shipped": [],
     # the compact single-process reference's algorithm settings
@@ -72,12 +78,13 @@ VARIANTS: dict[str, list[str]] = {
     # (it has no restart: off, where a task's file has one)
     "dyna": ["policy.objective=dyna", "train.policy_updates_per_step=5", *NO_RESTART],
 }
-VARIANTS["no_bursts"] = NO_BURSTS
+VARIANTS["heteroscedastic"] = HETEROSCEDASTIC
+VARIANTS["no_bursts"] = HETEROSCEDASTIC + NO_BURSTS
 VARIANTS["plain_model"] = PLAIN_MODEL
 # The two critics hopper.yaml had earlier ran without the bursts too.
-VARIANTS["value_critic"] = VALUE_CRITIC + NO_BURSTS
+VARIANTS["value_critic"] = HETEROSCEDASTIC + VALUE_CRITIC + NO_BURSTS
 # hopper.yaml before its Q critic also learned from real transitions (`policy.real_critic_batch`)
-VARIANTS["imagined_critic"] = ["policy.real_critic_batch=0"] + NO_BURSTS
+VARIANTS["imagined_critic"] = HETEROSCEDASTIC + ["policy.real_critic_batch=0"] + NO_BURSTS
 # The policy settings before the audit, the defaults (InvertedPendulum's and HalfCheetah's configs took the
 # audit's policy settings; their earlier rows are labelled with this, which reproduces them on today's files).
 VARIANTS["unaligned"] = [

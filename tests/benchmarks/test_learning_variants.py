@@ -1,6 +1,7 @@
 """`benchmarks/learning.py`: every named variant is a valid set of overrides on every task's config."""
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -37,13 +38,27 @@ def test_dhmbpo_critic_is_hopper_yaml_s_algorithm_before_the_real_critic_and_the
 def test_no_bursts_is_hopper_yaml_before_its_rounds_and_restart():
     """hopper.yaml trains in rounds of 500 env steps with DHMBPO's restart; `no_bursts` (the label of its earlier
     rows) gives back the schedule those rows ran: updates every 10 env steps, policy ratio 1.0, no restart."""
-    shipped = load(ROOT / "configs" / "hopper.yaml")
+    shipped = load(ROOT / "configs" / "hopper.yaml", learning.VARIANTS["heteroscedastic"])
     before = load(ROOT / "configs" / "hopper.yaml", learning.VARIANTS["no_bursts"])
     assert shipped.train.round_steps(shipped.resources.ratio_tolerance) == 500 and shipped.policy.restart_every
     assert before.train.round_steps(before.resources.ratio_tolerance) == 0
     assert (before.train.train_every, before.train.policy_updates_per_step) == (10, 1.0)
     assert (before.policy.restart_every, before.policy.critic_warmup) == (0, 0)
     assert before.model == shipped.model and before.mean_variance == shipped.mean_variance
+
+
+def test_heteroscedastic_is_hopper_yaml_before_its_homoscedastic_noise():
+    """hopper.yaml's model learns one noise level per target dim (DHMBPO's); `heteroscedastic` (the label of its
+    earlier rows, and the head of `no_bursts`, `imagined_critic` and `value_critic`, which ran before) gives back
+    the noise predicted per input and changes nothing else; the compact reference's model (`plain_model`) has it."""
+    hopper = ROOT / "configs" / "hopper.yaml"
+    shipped, before = load(hopper), load(hopper, learning.VARIANTS["heteroscedastic"])
+    assert shipped.model.noise == "homoscedastic" and before.model.noise == "heteroscedastic"
+    assert replace(before.model, noise=shipped.model.noise) == shipped.model
+    for section in ("policy", "mean_variance", "train", "replay"):
+        assert getattr(before, section) == getattr(shipped, section), section
+    for name in ("no_bursts", "imagined_critic", "value_critic", "plain_model", "reference"):
+        assert load(hopper, learning.VARIANTS[name]).model.noise == "heteroscedastic", name
 
 
 WALKER2D_BEFORE = """
@@ -68,7 +83,8 @@ def test_heavy_defaults_is_walker2d_yaml_before_it_took_hopper_yaml_s_algorithm(
     now = load(walker)
     heavy = load(walker, learning.VARIANTS["heavy_defaults"])
     heavy_audited = load(walker, learning.VARIANTS["heavy_audited"])
-    hopper, plain = load(ROOT / "configs" / "hopper.yaml"), load(walker, learning.VARIANTS["plain_model"])
+    hopper = load(ROOT / "configs" / "hopper.yaml", learning.VARIANTS["heteroscedastic"])
+    plain = load(walker, learning.VARIANTS["plain_model"])
     for section in ("model", "policy", "mean_variance", "train"):
         assert getattr(plain, section) == getattr(hopper, section), section
         assert getattr(now, section) != getattr(before, section) or section == "mean_variance", section
@@ -98,7 +114,8 @@ def test_each_variant_names_the_variant_it_is_built_on():
     assert learning.parent("aligned") == "reference"
     assert learning.parent("heavy_audited") == "heavy_defaults"
     assert learning.parent("dhmbpo_critic") == "aligned"
-    assert learning.parent("no_bursts") == "shipped" and learning.parent("plain_model") == "shipped"
+    assert learning.parent("no_bursts") == "heteroscedastic" and learning.parent("plain_model") == "shipped"
+    assert learning.parent("imagined_critic") == "heteroscedastic" == learning.parent("value_critic")
     for name in learning.VARIANTS:  # every parent's overrides lead its child's
         if (base := learning.parent(name)) is not None:
             assert learning.VARIANTS[name][:len(learning.VARIANTS[base])] == learning.VARIANTS[base]
