@@ -38,13 +38,13 @@ def test_dhmbpo_critic_is_hopper_yaml_s_algorithm_before_the_real_critic_and_the
 def test_no_bursts_is_hopper_yaml_before_its_rounds_and_restart():
     """hopper.yaml trains in rounds of 500 env steps with DHMBPO's restart; `no_bursts` (the label of its earlier
     rows) gives back the schedule those rows ran: updates every 10 env steps, policy ratio 1.0, no restart."""
-    shipped = load(ROOT / "configs" / "hopper.yaml", learning.VARIANTS["heteroscedastic"])
+    bursts = load(ROOT / "configs" / "hopper.yaml", learning.VARIANTS["heteroscedastic"])  # the noise they ran
     before = load(ROOT / "configs" / "hopper.yaml", learning.VARIANTS["no_bursts"])
-    assert shipped.train.round_steps(shipped.resources.ratio_tolerance) == 500 and shipped.policy.restart_every
+    assert bursts.train.round_steps(bursts.resources.ratio_tolerance) == 500 and bursts.policy.restart_every
     assert before.train.round_steps(before.resources.ratio_tolerance) == 0
     assert (before.train.train_every, before.train.policy_updates_per_step) == (10, 1.0)
     assert (before.policy.restart_every, before.policy.critic_warmup) == (0, 0)
-    assert before.model == shipped.model and before.mean_variance == shipped.mean_variance
+    assert before.model == bursts.model and before.mean_variance == bursts.mean_variance
 
 
 def test_heteroscedastic_is_hopper_yaml_before_its_homoscedastic_noise():
