@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 import umpo_dist.ops.train as train_mod
 from test_distributed import FAST, ip_config
+from umpo_dist.data.rate_limiter import RateLimiter
 from umpo_dist.ops.checkpoint import load_checkpoint
 from umpo_dist.ops.train import train
 
@@ -81,6 +82,23 @@ def record_grants(replay):
     return lambda: ray.get(replay.__ray_call__.remote(lambda actor: list(actor.grant_notes)))
 
 
+def record_samples(replay):
+    """Make the replay actor note every draw of positions it makes for the learners' batches: (its acknowledged
+    total then, positions drawn); returns a function that reads the notes so far."""
+    def install(actor):
+        notes = actor.sample_notes = []
+        real = actor.sample_positions
+
+        def sample_positions(batch_size, *args):
+            notes.append((actor.total_inserted, batch_size))
+            return real(batch_size, *args)
+
+        actor.sample_positions = sample_positions  # what `many`, `sample` and `sample_for` call
+
+    ray.get(replay.__ray_call__.remote(install))
+    return lambda: ray.get(replay.__ray_call__.remote(lambda actor: list(actor.sample_notes)))
+
+
 def test_workers_collect_on_their_own_within_the_ratios_and_never_below_the_minimum_chunk(local_ray, workdir):
     """The replay grants env workers their chunks: after the random steps, a grant takes at least
     min(chunk // 4, budget left, tolerance) steps and never runs past the ratios' tolerance.
@@ -145,12 +163,12 @@ def test_rounds_hold_the_workers_at_each_round_end_until_both_learners_have_its_
     def watch(driver):
         log(driver)
         if not notes:
-            notes.append(record_grants(driver.replay))
-        notes[1:] = [notes[0]()]
+            notes.extend([record_grants(driver.replay), record_samples(driver.replay)])
+        notes[2:] = [notes[0](), notes[1]()]
 
     summary = train(cfg, progress=False, callbacks=[watch])
     assert summary["env_steps"] == TOTAL
-    grants = [(planned, steps) for planned, _, _, steps, random in notes[1] if not random and steps > 0]
+    grants = [(planned, steps) for planned, _, _, steps, random in notes[2] if not random and steps > 0]
     print("grants after the random phase (planned, steps):", grants)
     assert sum(steps for _, steps in grants) == TOTAL - RANDOM
     assert all(planned // every == (planned + steps - 1) // every for planned, steps in grants)
@@ -173,6 +191,19 @@ def test_rounds_hold_the_workers_at_each_round_end_until_both_learners_have_its_
         else:  # on the round's whole model
             assert model_updates == model_target(whole)
             assert policy_updates < round(t.policy_updates_per_step * (whole - RANDOM))
+    # Every batch a round's updates use was drawn from that round's whole data, as the inline runner draws
+    # them: the positions drawn at each round end are those of the round's updates, none fetched ahead for
+    # the next round (which would lack its data) and none left over at the end.
+    needs = ray.get(log.driver.policy_learner.__ray_call__.remote(lambda actor: actor.learner.needs))
+    per_update = {"model": cfg.model.batch_size, "policy": needs.start_states + needs.transitions}
+    limiters = {"model": RateLimiter(t.model_updates_per_step, RANDOM, t.model_warmup_updates),
+                "policy": RateLimiter(t.policy_updates_per_step, RANDOM)}
+    drawn = Counter()
+    for total, n in notes[3]:
+        drawn[total] += n
+    expected = {end: sum(per_update[k] * (lim.target_updates(end) - lim.target_updates(end - every))
+                         for k, lim in limiters.items()) for end in range(RANDOM, TOTAL + 1, every)}
+    assert dict(drawn) == expected
     assert [step for step, _ in summary["evaluations"]] == [0, 200, 400, 600]
     assert summary["model_ratio"] == pytest.approx(t.model_updates_per_step, abs=0.01)
     assert summary["policy_ratio"] == pytest.approx(t.policy_updates_per_step, abs=0.01)

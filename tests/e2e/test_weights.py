@@ -160,6 +160,31 @@ def test_batched_prefetcher_hands_out_each_answer_item_by_item_in_order(sequence
     assert issued == [0, 1, 2, 3]  # three answers used, the fourth asked for ahead
 
 
+def test_a_prefetchers_last_answer_leaves_nothing_ahead(sequencer):
+    """`next(last=True)` (a round's last update) asks nothing ahead and keeps nothing: the next `next()` is
+    answered by a request asked then, after whatever changed meanwhile (the next round's data)."""
+    issued = []
+
+    def request():
+        issued.append(len(issued))
+        return sequencer.next.remote(issued[-1])
+
+    prefetch = Prefetcher(request, "sequence")
+    assert [prefetch.next(), prefetch.next(last=True)] == [(1, 0), (2, 1)]
+    assert issued == [0, 1]  # the second answer was the prefetched one; nothing asked after it
+    assert prefetch.next() == (3, 2) and issued == [0, 1, 2, 3]
+
+    def request_many():
+        issued.append(len(issued))
+        return sequencer.many.remote(issued[-1], 3)
+
+    issued.clear()
+    batched = Prefetcher(request_many, "sequence", batched=True)
+    got = [batched.next(), batched.next(last=True), batched.next()]
+    # The first answer's third item and the request asked ahead with it (tag 1) are dropped unused.
+    assert [(tag, i) for _, tag, i in got] == [(0, 0), (0, 1), (2, 0)] and issued == [0, 1, 2, 3]
+
+
 def test_replay_many_answers_k_samples_in_one_call(local_ray):
     import numpy as np
 

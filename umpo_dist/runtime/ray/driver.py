@@ -266,13 +266,16 @@ class Driver:
                 self.busy_since.setdefault("worker", time.monotonic())
 
     def _schedule_learners(self) -> None:
+        """Each idle learner gets a call of the updates it is allowed, at most `train.updates_per_call`; with
+        rounds, the call that takes a round's last updates says so (its learner then prefetches nothing)."""
         s, per_call = self.schedule, self.cfg.train.updates_per_call
         for kind, actor, allowed in (("model", self.model_learner, s.model_updates_allowed),
                                      ("policy", self.policy_learner, s.policy_updates_allowed)):
             if not self._busy(kind):
                 k = allowed()
                 if k > 0:
-                    self._inflight[actor.train.remote(min(k, per_call))] = Call(kind)
+                    round_end = bool(s.round_steps) and k <= per_call
+                    self._inflight[actor.train.remote(min(k, per_call), round_end)] = Call(kind)
                     self.busy_since.setdefault(kind, time.monotonic())
 
     def _handle(self, call: Call, ref) -> None:

@@ -2,7 +2,7 @@
 
 Each wraps its core learner, computes on `cuda` when Ray assigned it a GPU and on
 the CPU otherwise, prefetches its next replay request while it computes on the
-current one, and publishes its weights to the weight store every `train.publish_every`
+current one (but not past a round's last update, `train.train_every`), and publishes its weights to the weight store every `train.publish_every`
 updates and at the end of every call (the policy learner also its initial weights, as version 0, when
 it starts: after the random steps the workers act with a policy, as the inline runner's do), so that
 env workers act with a policy, and the policy learner imagines with a model, at most about that many
@@ -38,7 +38,9 @@ class Prefetcher:
     """Keeps one request in flight: `next()` returns the pending result and issues the next request.
 
     With `batched`, each answer is a list (several batches from one replay call, `ReplayActor.many`)
-    that `next()` hands out one item at a time, asking again when it is used up.
+    that `next()` hands out one item at a time, asking again when it is used up. `next(last=True)`
+    leaves nothing behind: no request ahead and no items kept (a pending request is dropped unread), so the
+    next `next()` asks afresh: with rounds, a round's first batch is drawn once the round's data is in.
     """
 
     def __init__(self, request, what: str, batched: bool = False):
@@ -47,16 +49,20 @@ class Prefetcher:
         self._items: deque = deque()
         self.waited_s = 0.0  # seconds `next()` spent blocked on answers (the prefetch was not ready)
 
-    def next(self):
+    def next(self, last: bool = False):
         if not self.batched:
-            return self._answer()
+            return self._answer(ahead=not last)
         while not self._items:
-            self._items.extend(self._answer())
-        return self._items.popleft()
+            self._items.extend(self._answer(ahead=not last))
+        item = self._items.popleft()
+        if last:
+            self._items.clear()
+            self._ref = None
+        return item
 
-    def _answer(self):
+    def _answer(self, ahead: bool = True):
         ref = self._ref if self._ref is not None else self.request()
-        self._ref = self.request()
+        self._ref = self.request() if ahead else None
         started = time.perf_counter()
         try:
             return ray.get(ref)
@@ -155,7 +161,9 @@ class ModelLearnerActor(_LearnerActor):
     def _load_published(self, weights: dict) -> None:
         self.learner.model.load_state_dict(weights)
 
-    def train(self, num_updates: int) -> dict:
+    def train(self, num_updates: int, round_end: bool = False) -> dict:
+        """`num_updates` updates; `round_end`: they are the last of a round (`train.train_every`), so nothing is
+        asked of the replay ahead: the next round's first batch is drawn once that round's data is in."""
         started = time.perf_counter()
         if self.classifier_weights is not None:  # asked and waited for until the first one is there, then polled
             sub = self.classifier_weights
@@ -165,7 +173,7 @@ class ModelLearnerActor(_LearnerActor):
         self.learner.refresh_statistics(lambda: call_with_retry(lambda: self.replay.statistics.remote(), "replay statistics"))
         rows = []
         for i in range(1, num_updates + 1):
-            metrics = self._update(self.batches.next())
+            metrics = self._update(self.batches.next(last=round_end and i == num_updates))
             if self.learner.validation_due:
                 holdout = call_with_retry(lambda: self.replay.holdout_batch.remote(self.cfg.model.holdout_capacity),
                                           "replay holdout")
@@ -203,7 +211,8 @@ class PolicyLearnerActor(_LearnerActor):
         if weights is not None:
             self.learner.set_model_weights(weights, self.model_weights.version)
 
-    def train(self, num_updates: int) -> dict:
+    def train(self, num_updates: int, round_end: bool = False) -> dict:
+        """As `ModelLearnerActor.train`."""
         # The newest model as the call starts, asked now (with rounds, the round's whole model; `poll`'s
         # request in flight may have been answered before it existed), then looked for within the call.
         weights = self.model_weights.fetch() if self.learner.model_version >= 0 else self.model_weights.wait()
@@ -211,7 +220,7 @@ class PolicyLearnerActor(_LearnerActor):
         self._take_model(weights)
         rows = []
         for i in range(1, num_updates + 1):
-            rows.append(self._update(self.data.next()))
+            rows.append(self._update(self.data.next(last=round_end and i == num_updates)))
             if self._publish_within(i, num_updates):
                 self._take_model(self.model_weights.poll())  # a newer model, if the store has one (never waits)
         shared = getattr(self.learner, "shared_weights", None)  # an objective's weights other learners use
