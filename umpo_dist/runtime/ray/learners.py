@@ -2,9 +2,10 @@
 
 Each wraps its core learner, computes on `cuda` when Ray assigned it a GPU and on
 the CPU otherwise, prefetches its next replay request while it computes on the
-current one (but not past a round's last update, `train.train_every`), and publishes its weights to the weight store every `train.publish_every`
-updates and at the end of every call (the policy learner also its initial weights, as version 0, when
-it starts: after the random steps the workers act with a policy, as the inline runner's do), so that
+current one (but not past a round's last update, `train.train_every`), and publishes
+its weights to the weight store every `train.publish_every` updates and at the end of
+every call (the policy learner also its initial weights, as version 0, when it starts:
+after the random steps the workers act with a policy, as the inline runner's do), so that
 env workers act with a policy, and the policy learner imagines with a model, at most about that many
 updates old (the policy learner looks for a newer model as often). Each call reports the
 seconds it spent inside updates (`busy_s`), of which it waited for replay answers
