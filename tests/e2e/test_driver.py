@@ -158,17 +158,17 @@ def test_rounds_hold_the_workers_at_each_round_end_until_both_learners_have_its_
     every = 100
     cfg = ip_config(*RUN, f"train.train_every={every}", "train.eval_every=200")
     assert every > cfg.resources.ratio_tolerance
-    log, notes = CallLog(), []
+    log, readers, notes = CallLog(), {}, {}
 
     def watch(driver):
         log(driver)
-        if not notes:
-            notes.extend([record_grants(driver.replay), record_samples(driver.replay)])
-        notes[2:] = [notes[0](), notes[1]()]
+        if not readers:
+            readers.update(grants=record_grants(driver.replay), samples=record_samples(driver.replay))
+        notes.update({name: read() for name, read in readers.items()})
 
     summary = train(cfg, progress=False, callbacks=[watch])
     assert summary["env_steps"] == TOTAL
-    grants = [(planned, steps) for planned, _, _, steps, random in notes[2] if not random and steps > 0]
+    grants = [(planned, steps) for planned, _, _, steps, random in notes["grants"] if not random and steps > 0]
     print("grants after the random phase (planned, steps):", grants)
     assert sum(steps for _, steps in grants) == TOTAL - RANDOM
     assert all(planned // every == (planned + steps - 1) // every for planned, steps in grants)
@@ -199,7 +199,7 @@ def test_rounds_hold_the_workers_at_each_round_end_until_both_learners_have_its_
     limiters = {"model": RateLimiter(t.model_updates_per_step, RANDOM, t.model_warmup_updates),
                 "policy": RateLimiter(t.policy_updates_per_step, RANDOM)}
     drawn = Counter()
-    for total, n in notes[3]:
+    for total, n in notes["samples"]:
         drawn[total] += n
     expected = {end: sum(per_update[k] * (lim.target_updates(end) - lim.target_updates(end - every))
                          for k, lim in limiters.items()) for end in range(RANDOM, TOTAL + 1, every)}
