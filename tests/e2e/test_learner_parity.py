@@ -35,7 +35,7 @@ def runner_rounds():
     runner = InlineRunner(cfg)
     s = runner.schedule
     for i in range(3):
-        act = None if s.acts_randomly() else runner.objective.policy.act
+        act = None if s.acts_randomly() else runner._act()
         batch, _ = runner.collector.collect(cfg.train.train_every, act)
         runner.replay.insert(batch)
         s.env_steps += cfg.train.train_every
@@ -57,6 +57,14 @@ def seed_actor(actor, seed: int) -> None:
     ray.get(actor.__ray_call__.remote(lambda self: (torch.set_num_threads(1), torch.manual_seed(seed))))
 
 
+def seed_inline(runner, learner: str, seed: int) -> None:
+    """Seed the inline runner's torch stream of `learner` (it keeps one per learner, as each actor has its own)."""
+    outer = torch.get_rng_state()
+    torch.manual_seed(seed)
+    runner.streams[learner] = torch.get_rng_state()
+    torch.set_rng_state(outer)
+
+
 def assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -66,14 +74,15 @@ def assert_same(a: dict, b: dict) -> None:
 def test_policy_learner_round_equals_inline(local_ray, runner_rounds):
     runner, _ = runner_rounds
     runner = copy.deepcopy(runner)
-    # The model of the third round, as the inline runner hands it to its objective (a restart falls due).
+    # The model of the third round: the policy takes it as its round starts, and a restart falls due.
     runner._train_model()
     state = copy.deepcopy(runner.state())
     updates = runner.schedule.policy_updates_allowed()
     assert updates > 2 * runner.cfg.train.updates_per_call  # several calls, and actor steps after the critic-only ones
-    assert runner.objective.critic_only == runner.cfg.policy.critic_warmup < updates
+    assert runner.cfg.policy.critic_warmup < updates
+    assert state["model"]["updates"] - runner.objective.restarted_at >= runner.cfg.policy.restart_every
 
-    torch.manual_seed(11)
+    seed_inline(runner, "policy", 11)
     runner._train_policy()
     inline_policy = runner.objective.state()
 
@@ -99,7 +108,7 @@ def test_model_learner_round_equals_inline(local_ray, runner_rounds):
     updates = runner.schedule.model_updates_allowed()
     assert updates > 2 * runner.cfg.train.updates_per_call
 
-    torch.manual_seed(12)
+    seed_inline(runner, "model", 12)
     runner._train_model()
     inline_model = runner.model_learner.state()
 

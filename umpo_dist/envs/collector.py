@@ -18,6 +18,18 @@ from umpo_dist.envs.spec import make_env
 ActFn = Callable[[np.ndarray], np.ndarray]
 
 
+def worker_seed(train_seed: int, index: int) -> int:
+    """The collector seed of env worker `index` of a run seeded `train_seed`; the inline runner collects as
+    worker 0, so that one env worker in the Ray runtime steps the same episodes."""
+    return train_seed + 7919 * (index + 1)
+
+
+def noise_seed(collector_seed: int) -> list[int]:
+    """The seed of the acting policy's noise (`NumpyPolicy`) beside a collector seeded `collector_seed`: a
+    stream of its own, apart from the collector's reset seeds (two generators of one seed draw the same bits)."""
+    return [collector_seed, 1]
+
+
 class EnvCollector:
     def __init__(self, env_id: str, num_envs: int = 1, seed: int = 0, max_episode_steps: int | None = None):
         self.env_id = env_id

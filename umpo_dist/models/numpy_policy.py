@@ -19,7 +19,7 @@ from umpo_dist.models.policy import TanhGaussianPolicy, bounded_log_std
 
 
 class NumpyPolicy:
-    def __init__(self, policy: TanhGaussianPolicy, seed: int | None = None):
+    def __init__(self, policy: TanhGaussianPolicy, seed: int | list[int] | None = None):
         self.rng = np.random.default_rng(seed)
         self.load(policy)
 

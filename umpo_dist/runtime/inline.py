@@ -2,11 +2,17 @@
 
 Built from the same classes the distributed runtime wraps in actors, and driven by
 the same `Schedule`; it is the reference for correctness and the fallback for
-debugging (`--set runtime=inline`).
+debugging (`--set runtime=inline`). It collects and acts as env worker 0 does (its
+seeds, a `NumpyPolicy` of the newest policy), each learner draws from a torch stream
+of its own, as in its own actor process, and the policy takes the newest model when
+its round of updates starts, as the policy learner takes it at a call's start: with
+rounds (`train.train_every`) and one env worker sending whole rounds, the Ray runtime
+computes what this runner does, bit for bit (`tests/e2e/test_runtime_parity.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable
 
@@ -15,9 +21,10 @@ import torch
 
 from umpo_dist.config import Config
 from umpo_dist.data.replay import ReplayBuffer
-from umpo_dist.envs.collector import EnvCollector
+from umpo_dist.envs.collector import EnvCollector, noise_seed, worker_seed
 from umpo_dist.envs.spec import env_spec
 from umpo_dist.models.model_learner import build_model_learner
+from umpo_dist.models.numpy_policy import NumpyPolicy
 from umpo_dist.objectives import build_objective
 from umpo_dist.diagnostics.watch import ExploitationWatch
 from umpo_dist.runtime.evaluation_round import evaluation_round, record_round
@@ -38,8 +45,12 @@ class InlineRunner:
         self.spec = spec = env_spec(cfg.env.id)
         self.replay = ReplayBuffer.from_config(cfg, spec.obs_dim, spec.action_dim, seed)
         self.model_learner = build_model_learner(cfg, spec, "cpu")
+        self.streams = {"model": torch.get_rng_state()}  # each learner's torch stream, as its actor process has it
         self.objective = build_objective(cfg, spec, "cpu")
-        self.collector = EnvCollector(cfg.env.id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
+        self.streams["policy"] = torch.get_rng_state()
+        collector_seed = worker_seed(seed, 0)
+        self.collector = EnvCollector(cfg.env.id, cfg.resources.envs_per_worker, collector_seed, cfg.env.max_episode_steps)
+        self.actor = NumpyPolicy(self.objective.policy, noise_seed(collector_seed))  # acts as env worker 0
         self.schedule = Schedule(cfg.train, watch=ExploitationWatch(cfg.diagnostics.warn_margin, cfg.diagnostics.warn_after))
         self.devices = {"model_learner": "cpu", "policy_learner": "cpu"}
         self.timer = UpdateTimer()  # seconds inside each learner's gradient updates, as in the Ray runtime
@@ -78,7 +89,31 @@ class InlineRunner:
         record_round(self, step, result, policy.state_dict, self.objective.updates)
         return result["return_mean"]
 
+    @contextlib.contextmanager
+    def _stream(self, learner: str):
+        """Run in `learner`'s own torch stream (the global generator is given back as it was)."""
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.streams[learner])
+        try:
+            yield
+        finally:
+            self.streams[learner] = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+    def _act(self):
+        """The acting function for the next steps: the newest policy, as an env worker acts with it."""
+        self.actor.load(self.objective.policy)
+        return self.actor.act
+
     def _train_model(self) -> dict:
+        with self._stream("model"):
+            return self._model_round()
+
+    def _train_policy(self) -> dict:
+        with self._stream("policy"):
+            return self._policy_round()
+
+    def _model_round(self) -> dict:
         cfg, ml = self.cfg, self.model_learner
         rows: list[dict] = []
         allowed = self.schedule.model_updates_allowed()
@@ -89,14 +124,15 @@ class InlineRunner:
             if ml.validation_due:
                 rows[-1].update(ml.validate(self.replay.holdout_batch(cfg.model.holdout_capacity)))
             self.schedule.model_updates = ml.updates
-        if rows:
-            self.objective.set_model_weights(ml.model.state_dict(), ml.updates)
         return mean_metrics(rows)
 
-    def _train_policy(self) -> dict:
-        objective = self.objective
+    def _policy_round(self) -> dict:
+        objective, ml = self.objective, self.model_learner
         rows: list[dict] = []
-        for _ in range(self.schedule.policy_updates_allowed()):
+        allowed = self.schedule.policy_updates_allowed()
+        if allowed and objective.model_version < ml.updates:  # the newest model, as the policy learner takes it
+            objective.set_model_weights(ml.model.state_dict(), ml.updates)
+        for _ in range(allowed):
             rows.append(self.timer.run("policy_learner", objective.update, self.replay.sample_for(objective.needs)))
             self.schedule.policy_updates = objective.updates
         if rows and self.model_learner.classifier is not None:  # mnm.model_realism: the newest classifier
@@ -114,7 +150,7 @@ class InlineRunner:
                 if s.done():
                     break
             n = min(t.train_every, t.total_env_steps - s.env_steps)
-            act = None if s.acts_randomly() else self.objective.policy.act
+            act = None if s.acts_randomly() else self._act()
             batch, episodes = self.collector.collect(n, act)
             self.replay.insert(batch)
             s.env_steps += n

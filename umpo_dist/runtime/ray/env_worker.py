@@ -18,7 +18,7 @@ import uuid
 
 import ray
 
-from umpo_dist.envs.collector import EnvCollector
+from umpo_dist.envs.collector import EnvCollector, noise_seed, worker_seed
 from umpo_dist.config import Config
 from umpo_dist.devices import set_threads
 from umpo_dist.envs.spec import EnvSpec
@@ -47,13 +47,13 @@ class EnvWorker:
         set_threads(assigned_cpus())
         # A restarted worker gets fresh seeds and a new chunk stream, so nothing collides with its past.
         self.stream = uuid.uuid4().hex
-        seed = cfg.train.seed + 7919 * (index + 1)
+        seed = worker_seed(cfg.train.seed, index)
         self.restarted = was_restarted()
         if self.restarted:
             seed += 1 + uuid.UUID(self.stream).int % 1_000_000
         self.collector = EnvCollector(spec.env_id, cfg.resources.envs_per_worker, seed, cfg.env.max_episode_steps)
         self.policy = build_policy(spec, cfg.policy)  # receives the published weights
-        self.actor = NumpyPolicy(self.policy, seed)  # acts with them
+        self.actor = NumpyPolicy(self.policy, noise_seed(seed))  # acts with them
         self.replay = replay
         self.sender = ChunkSender(replay, self.stream, window=INSERTS_IN_FLIGHT)
         self.policy_weights = WeightSubscriber(store, "policy")
