@@ -27,8 +27,9 @@ pytestmark = pytest.mark.e2e
 HOPPER = Path(__file__).resolve().parents[2] / "configs" / "hopper.yaml"
 
 EVERY, TOTAL = 200, 800
+# One torch thread per learner, on the CPU (inline computes there), as bit-identical sums need.
 RUN = [*SMALL, "resources.num_env_workers=1", f"resources.chunk_size={EVERY}", "resources.learner_cpus=1",
-       f"train.train_every={EVERY}", f"train.total_env_steps={TOTAL}", "train.checkpoint_every=0",
+       "resources.learner_gpus=0", f"train.train_every={EVERY}", f"train.total_env_steps={TOTAL}", "train.checkpoint_every=0",
        "train.eval_every=400", "env.eval_episodes=1"]
 
 
