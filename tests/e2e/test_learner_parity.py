@@ -65,10 +65,16 @@ def seed_inline(runner, learner: str, seed: int) -> None:
     torch.set_rng_state(outer)
 
 
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
+def assert_same(a: dict, b: dict, what: str = "") -> None:
+    """Equal keys and bit-identical tensors, in nested dicts too (an optimiser state); other values equal."""
+    assert a.keys() == b.keys(), what
     for key in a:
-        assert torch.equal(a[key], b[key]), key
+        if isinstance(a[key], dict):
+            assert_same(a[key], b[key], f"{what}.{key}")
+        elif isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), f"{what}.{key}"
+        else:
+            assert a[key] == b[key], f"{what}.{key}"
 
 
 def test_policy_learner_round_equals_inline(local_ray, runner_rounds):

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from test_learner_parity import SMALL
+from test_learner_parity import SMALL, assert_same
 from umpo_dist.config import load
 from umpo_dist.ops.checkpoint import load_checkpoint
 from umpo_dist.ops.train import train
@@ -38,17 +37,6 @@ def run(runtime: str) -> tuple[dict, dict]:
     return summary, load_checkpoint(summary["run_dir"])
 
 
-def assert_same_tensors(a: dict, b: dict, what: str) -> None:
-    assert a.keys() == b.keys(), what
-    for key in a:
-        if isinstance(a[key], dict):
-            assert_same_tensors(a[key], b[key], f"{what}.{key}")
-        elif isinstance(a[key], torch.Tensor):
-            assert torch.equal(a[key], b[key]), f"{what}.{key}"
-        else:
-            assert a[key] == b[key], f"{what}.{key}"
-
-
 def test_one_env_worker_with_rounds_learns_exactly_what_the_inline_runner_learns(local_ray, workdir):
     ray_summary, ray_end = run("ray")
     inline_summary, inline_end = run("inline")
@@ -57,8 +45,8 @@ def test_one_env_worker_with_rounds_learns_exactly_what_the_inline_runner_learns
     for name in ("obs", "action", "reward", "next_obs", "terminated", "bootstrap", "holdout"):
         np.testing.assert_array_equal(ray_end["replay"][name], inline_end["replay"][name], err_msg=name)
     assert ray_end["replay"]["rng_state"] == inline_end["replay"]["rng_state"]  # the same draws, in the same order
-    assert_same_tensors(ray_end["model"], inline_end["model"], "model")
-    assert_same_tensors(ray_end["policy"], inline_end["policy"], "policy")
+    assert_same(ray_end["model"], inline_end["model"], "model")
+    assert_same(ray_end["policy"], inline_end["policy"], "policy")
     assert ray_summary["evaluations"] == inline_summary["evaluations"]
     t = load(HOPPER, RUN).train
     assert ray_end["policy"]["updates"] == round(t.policy_updates_per_step * (TOTAL - t.random_steps))
