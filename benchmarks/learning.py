@@ -117,8 +117,8 @@ VARIANTS["dhmbpo_critic"] = VARIANTS["aligned"] + [
     "policy.gamma=0.995", "policy.model_start_share=1.0", "policy.model_start_refresh=20",
     "policy.model_start_buffer=50000", "train.eval_every=2500",
 ]
-# The Ray runtime's collection before hopper.yaml took one env worker that sends each round as one chunk: four
-# workers (four episodes side by side) sending chunks of 100 steps. hopper.yaml's earlier Ray rows are labelled
+# The Ray runtime's collection before hopper.yaml and walker2d.yaml took one env worker that sends each round as one
+# chunk: four workers (four episodes side by side) sending chunks of 100 steps. Their earlier Ray rows are labelled
 # `four_workers`, which reproduces them; the inline runner steps `resources.envs_per_worker` envs whatever it says.
 VARIANTS["four_workers"] = ["resources.num_env_workers=4", "resources.chunk_size=100"]
 

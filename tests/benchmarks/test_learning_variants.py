@@ -61,12 +61,13 @@ def test_heteroscedastic_is_hopper_yaml_before_its_homoscedastic_noise():
         assert load(hopper, learning.VARIANTS[name]).model.noise == "heteroscedastic", name
 
 
-def test_four_workers_is_hopper_yaml_before_one_env_worker():
-    """hopper.yaml's Ray runtime collects with one env worker sending whole rounds (so that it computes what the
-    inline runner computes); `four_workers`, the label of its earlier Ray rows, gives back four workers sending
-    chunks of 100 steps and changes nothing else."""
-    hopper = ROOT / "configs" / "hopper.yaml"
-    shipped, before = load(hopper), load(hopper, learning.VARIANTS["four_workers"])
+@pytest.mark.parametrize("task", ["hopper", "walker2d"])
+def test_four_workers_is_the_file_before_one_env_worker(task):
+    """hopper.yaml's and walker2d.yaml's Ray runtime collects with one env worker sending whole rounds (so that it
+    computes what the inline runner computes); `four_workers`, the label of their earlier Ray rows, gives back four
+    workers sending chunks of 100 steps and changes nothing else."""
+    path = ROOT / "configs" / f"{task}.yaml"
+    shipped, before = load(path), load(path, learning.VARIANTS["four_workers"])
     assert (shipped.resources.num_env_workers, shipped.resources.chunk_size) == (1, shipped.train.train_every)
     assert (before.resources.num_env_workers, before.resources.chunk_size) == (4, 100)
     assert replace(before.resources, num_env_workers=1, chunk_size=shipped.train.train_every) == shipped.resources
