@@ -6,9 +6,10 @@ The inline runner collects as env worker 0 (its seeds, a `NumpyPolicy` of the ne
 each learner a torch stream of its own, as its actor process has; with one worker sending each round
 as one chunk, the replay's draws come in the same order in both runtimes. So any difference in what
 the runtimes do with the data (which policy acts, which model the policy learns on, when a restart
-falls, what a batch is drawn from) shows up here as different weights. Hopper's shipped features are
-on (restart with critic-only updates, model start states, a Q critic learning from real transitions),
-at small sizes.
+falls, what a batch is drawn from) shows up here as different weights. Both files that ship this layout
+run, at small sizes: Hopper's features (restart with critic-only updates, model start states, a Q critic
+learning from real transitions, homoscedastic model noise) and Walker2d's model regularisers (layer norm,
+dropout, which draws from the model learner's stream, per-input noise).
 """
 
 from pathlib import Path
@@ -23,7 +24,7 @@ from umpo_dist.ops.train import train
 
 pytestmark = pytest.mark.e2e
 
-HOPPER = Path(__file__).resolve().parents[2] / "configs" / "hopper.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 EVERY, TOTAL = 200, 800
 # One torch thread per learner, on the CPU (inline computes there), as bit-identical sums need.
@@ -32,14 +33,16 @@ RUN = [*SMALL, "resources.num_env_workers=1", f"resources.chunk_size={EVERY}", "
        "train.eval_every=400", "env.eval_episodes=1"]
 
 
-def run(runtime: str) -> tuple[dict, dict]:
-    summary = train(load(HOPPER, [*RUN, f"runtime={runtime}"]), progress=False)
+def run(path: Path, runtime: str) -> tuple[dict, dict]:
+    summary = train(load(path, [*RUN, f"runtime={runtime}"]), progress=False)
     return summary, load_checkpoint(summary["run_dir"])
 
 
-def test_one_env_worker_with_rounds_learns_exactly_what_the_inline_runner_learns(local_ray, workdir):
-    ray_summary, ray_end = run("ray")
-    inline_summary, inline_end = run("inline")
+@pytest.mark.parametrize("config", ["hopper.yaml", "walker2d.yaml"])
+def test_one_env_worker_with_rounds_learns_exactly_what_the_inline_runner_learns(local_ray, workdir, config):
+    path = CONFIGS / config
+    ray_summary, ray_end = run(path, "ray")
+    inline_summary, inline_end = run(path, "inline")
 
     assert ray_summary["env_steps"] == inline_summary["env_steps"] == TOTAL
     for name in ("obs", "action", "reward", "next_obs", "terminated", "bootstrap", "holdout"):
@@ -48,5 +51,5 @@ def test_one_env_worker_with_rounds_learns_exactly_what_the_inline_runner_learns
     assert_same(ray_end["model"], inline_end["model"], "model")
     assert_same(ray_end["policy"], inline_end["policy"], "policy")
     assert ray_summary["evaluations"] == inline_summary["evaluations"]
-    t = load(HOPPER, RUN).train
+    t = load(path, RUN).train
     assert ray_end["policy"]["updates"] == round(t.policy_updates_per_step * (TOTAL - t.random_steps))
