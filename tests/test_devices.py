@@ -1,5 +1,5 @@
 """Device choice: cuda when Ray assigned a GPU and CUDA works, the CPU otherwise; a learner process keeps the
-memory it frees."""
+memory it frees; the CPU model a run names."""
 
 import platform
 import subprocess
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from umpo_dist.devices import select_device
+from umpo_dist.devices import cpu_model, select_device
 
 
 def test_cpu_without_assigned_gpus():
@@ -62,3 +62,16 @@ def test_learners_keep_the_memory_they_free_for_the_next_update():
     assert kept >= 80  # all 20 blocks, ready for the next update without page faults
     _, default = _free_after_an_update("default")
     assert default < 8  # glibc by itself hands them back to the OS, to be faulted in again
+
+
+def test_cpu_model_reads_the_first_model_name(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    assert cpu_model(str(info)) == "AMD EPYC 7B13"
+    # no such file (not Linux), or no model name in it: what `platform` knows, else 'unknown'
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    assert cpu_model(str(tmp_path / "missing")) == "arm"
+    info.write_text("processor\t: 0\nmodel name\t:\n")
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert cpu_model(str(info)) == "unknown"

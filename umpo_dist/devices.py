@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import platform
 
 import numpy as np
 import torch
@@ -15,6 +16,23 @@ def select_device(gpu_ids=None) -> torch.device:
     if gpu_ids is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device("cuda") if len(gpu_ids) > 0 and torch.cuda.is_available() else torch.device("cpu")
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """This machine's CPU model name (Linux's `cpuinfo`), else what `platform` knows, else 'unknown'.
+
+    With `torch.backends.cpu.get_cpu_capability()` (the vector instructions torch's kernels use) it says which
+    arithmetic a run did: another kind of CPU gets other torch kernels and another MKL code path, whose sums
+    round differently, so a seed repeats to the bit only on the same kind (docs/design.md §5)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def set_threads(cpus: float) -> None:

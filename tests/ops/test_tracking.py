@@ -14,6 +14,7 @@ from mlflow.entities import Metric
 from umpo_dist.ops import cli
 from umpo_dist.ops import tracking as tracking_mod
 from umpo_dist.config import flatten, from_dict
+from umpo_dist.devices import cpu_model
 from umpo_dist.ops.tracking import Tracker, TrackingError, check_reachable
 
 torch.set_num_threads(1)
@@ -64,6 +65,9 @@ def test_params_tags_and_config_are_logged(store):
     assert run.data.params["tracking.experiment"] == EXPERIMENT
     assert run.data.tags["env_id"] == cfg.env.id and run.data.tags["runtime"] == cfg.runtime
     assert run.data.tags["mlflow.runName"] == "params-run"
+    # the kind of CPU (a seed repeats to the bit only on the same kind)
+    assert run.data.tags["host.cpu"] == cpu_model() != "unknown"
+    assert run.data.tags["torch.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     experiment = tracker.client.get_experiment_by_name(EXPERIMENT)
     assert run.info.experiment_id == experiment.experiment_id
     assert [a.path for a in tracker.client.list_artifacts(tracker.run_id)] == ["config.yaml"]

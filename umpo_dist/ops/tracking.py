@@ -25,9 +25,11 @@ from pathlib import Path
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+import torch
 
 from umpo_dist import __version__
 from umpo_dist.config import Config, dump, flatten
+from umpo_dist.devices import cpu_model
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 100_000  # metric points kept while the store is unreachable
@@ -88,6 +90,9 @@ class Tracker:
                 "runtime": cfg.runtime,
                 "env_id": cfg.env.id,
                 "host": platform.node(),
+                # which arithmetic the run did: a seed repeats to the bit only on the same kind of CPU
+                "host.cpu": cpu_model(),
+                "torch.cpu_capability": torch.backends.cpu.get_cpu_capability(),
             }
             commit = _git_commit()
             if commit:
