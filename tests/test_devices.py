@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from umpo_dist.devices import cpu_model, select_device
+from umpo_dist.devices import cpu_kind, cpu_model, select_device
 
 
 def test_cpu_without_assigned_gpus():
@@ -75,3 +75,8 @@ def test_cpu_model_reads_the_first_model_name(tmp_path, monkeypatch):
     info.write_text("processor\t: 0\nmodel name\t:\n")
     monkeypatch.setattr(platform, "processor", lambda: "")
     assert cpu_model(str(info)) == "unknown"
+
+
+def test_cpu_kind_names_the_model_and_torch_kernel_level(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert cpu_kind() == f"{cpu_model()} (AVX512)"

@@ -35,6 +35,12 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_kind() -> str:
+    """This process's kind of CPU as far as its arithmetic goes: the model and torch's kernel level, e.g.
+    'AMD EPYC 7B13 (avx2)'. The learners report theirs, which on a cluster may not be the driver's."""
+    return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def set_threads(cpus: float) -> None:
     """One torch thread per allotted CPU: oversubscribed threads slow batched matmuls ~12× here."""
     torch.set_num_threads(max(1, int(cpus)))

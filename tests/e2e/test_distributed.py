@@ -8,6 +8,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from umpo_dist import config
+from umpo_dist.devices import cpu_kind
 from umpo_dist.ops.checkpoint import load_checkpoint
 from umpo_dist.ops.train import train
 
@@ -59,6 +60,8 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
     assert 1.0 * (steps - slack) <= summary["policy_updates"] <= 1.0 * steps
     device = expected_device()
     assert summary["devices"] == {"model_learner": device, "policy_learner": device}
+    # and the kind of CPU each learner's process ran on (this machine's: one node here)
+    assert summary["learner_cpus"] == dict.fromkeys(summary["devices"], cpu_kind())
     # Utilisation: each role's share of wall-clock inside its work since its first call; the roles
     # take turns with the learners on 2 cores, so only the bounds are asserted here (the figures
     # themselves are benchmarks/distributed_vs_inline.py's).
@@ -102,6 +105,7 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
     for tag in ("umpo.version", "ray.version", "device"):
         assert tag in run.data.tags
     assert run.data.tags["device"] == device
+    assert run.data.tags["learner.cpu"] == cpu_kind()
     artifacts = artifact_paths(client, run.info.run_id)
     for path in ("config.yaml", "learning_curve.png", "model_diagnostics.png", "policy/policy.pt", "policy/README.md",
                  "checkpoint/manifest.json", "checkpoint/replay.npz"):

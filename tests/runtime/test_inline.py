@@ -44,6 +44,7 @@ FAST = ["runtime=inline", "env.id=InvertedPendulum-v5", "env.eval_episodes=2",
 def test_an_interrupted_inline_run_checkpoints_and_resumes_where_it_stopped(workdir, capfd):
     from mlflow.tracking import MlflowClient
 
+    from umpo_dist.devices import cpu_kind
     from umpo_dist.ops.checkpoint import load_checkpoint
     from umpo_dist.ops.train import train
 
@@ -90,6 +91,7 @@ def test_an_interrupted_inline_run_checkpoints_and_resumes_where_it_stopped(work
     assert (summary["model_updates"], summary["policy_updates"]) == (20 + 200, 400)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["resumed_at_env_steps"] == "300"
+    assert run.data.tags["device"] == "cpu" and run.data.tags["learner.cpu"] == cpu_kind()  # inline: this process
     # periodic at 300, Ctrl-C at 300, final at 600: one run's history
     assert sorted(m.step for m in client.get_metric_history(run_id, "checkpoint/env_steps")) == [300, 300, 600]
 

@@ -86,7 +86,8 @@ def train(
         runner = make_runner(cfg, spec, run_dir, tracker.log, address)
         if callbacks:
             runner.callbacks.extend(callbacks)
-        tracker.set_tags({"device": ",".join(sorted(set(runner.devices.values())))})
+        tracker.set_tags({"device": ",".join(sorted(set(runner.devices.values()))),
+                          "learner.cpu": ",".join(sorted(set(runner.learner_cpus.values())))})
     except BaseException:
         tracker.end("FAILED")
         raise

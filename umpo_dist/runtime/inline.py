@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from umpo_dist.config import Config
+from umpo_dist.devices import cpu_kind
 from umpo_dist.data.replay import ReplayBuffer
 from umpo_dist.envs.collector import EnvCollector, noise_seed, worker_seed
 from umpo_dist.envs.spec import env_spec
@@ -53,6 +54,7 @@ class InlineRunner:
         self.actor = NumpyPolicy(self.objective.policy, noise_seed(collector_seed))  # acts as env worker 0
         self.schedule = Schedule(cfg.train, watch=ExploitationWatch(cfg.diagnostics.warn_margin, cfg.diagnostics.warn_after))
         self.devices = {"model_learner": "cpu", "policy_learner": "cpu"}
+        self.learner_cpus = dict.fromkeys(self.devices, cpu_kind())
         self.timer = UpdateTimer()  # seconds inside each learner's gradient updates, as in the Ray runtime
         self.callbacks: list[Callable[["InlineRunner"], None]] = []  # called once per round
         self.on_best = None  # (weights, step, return) of each evaluation that beats the earlier ones

@@ -75,10 +75,10 @@ class Driver:
         self.evaluator = EvaluatorActor.remote(cfg, spec)
         self.schedule = Schedule(t, r.ratio_tolerance,
                                  ExploitationWatch(cfg.diagnostics.warn_margin, cfg.diagnostics.warn_after))
-        self.devices = {
-            "model_learner": ray.get(self.model_learner.device_name.remote()),
-            "policy_learner": ray.get(self.policy_learner.device_name.remote()),
-        }
+        hardware = {role: ray.get(actor.hardware.remote())
+                    for role, actor in (("model_learner", self.model_learner), ("policy_learner", self.policy_learner))}
+        self.devices = {role: device for role, (device, _) in hardware.items()}
+        self.learner_cpus = {role: cpu for role, (_, cpu) in hardware.items()}  # may be other nodes' CPUs
         self.policy_versions_used: Counter = Counter()
         self.worker_nodes: dict[int, str] = {}
         self.worker_steps: Counter = Counter()  # env steps each worker (by index) had acknowledged
@@ -197,6 +197,7 @@ class Driver:
             "worker_nodes": sorted(set(self.worker_nodes.values())),
             "worker_steps": dict(self.worker_steps),
             "devices": self.devices,
+            "learner_cpus": self.learner_cpus,
             "acknowledged_in_session": self.acknowledged,
             "failures": dict(self.failures),
             "recoveries": dict(self.recoveries),

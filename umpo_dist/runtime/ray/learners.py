@@ -24,7 +24,7 @@ import ray
 
 from umpo_dist.ops.checkpoint import load_learner_state
 from umpo_dist.config import Config
-from umpo_dist.devices import keep_freed_memory, select_device, set_threads
+from umpo_dist.devices import cpu_kind, keep_freed_memory, select_device, set_threads
 from umpo_dist.envs.spec import EnvSpec
 from umpo_dist.models.model_learner import build_model_learner
 from umpo_dist.objectives import build_objective
@@ -131,8 +131,9 @@ class _LearnerActor:
                 "busy_s": busy_s, "data_wait_s": data.take_waited(), "update_s": update_s,
                 "updates_timed": updates_timed, **extra}
 
-    def device_name(self) -> str:
-        return str(self.device)
+    def hardware(self) -> tuple[str, str]:
+        """(the torch device it computes on, the kind of CPU its process runs on)."""
+        return str(self.device), cpu_kind()
 
     def state(self) -> dict:
         return self.learner.state()
