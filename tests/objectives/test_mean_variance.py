@@ -547,7 +547,7 @@ def test_real_critic_batch_fits_the_critic_to_real_returns():
     learner.set_model_weights(ModelLearner(cfg.model, 3, 2, seed=1).weights(), version=0)
     rng = np.random.default_rng(3)
     probe = {k: torch.as_tensor(v) for k, v in real_transitions(rng, 256, 1.0).items()}
-    error = lambda: float((learner.value(probe["obs"], probe["action"]) - 1.0).abs().mean())
+    error = lambda: float((learner.value(probe["obs"], probe["action"]).detach() - 1.0).abs().mean())
     before = error()
     for _ in range(200):
         real = real_transitions(rng, 32, 1.0) | {"reward": np.ones(32, np.float32)}
