@@ -572,7 +572,7 @@ def test_a_restart_on_a_newer_model_resets_adam_empties_the_model_starts_and_tra
     assert len(learner.model_starts) == 0
 
     snapshot = lambda: ([p.detach().clone() for p in learner.policy.parameters()],
-                        [p.detach().clone() for p in learner.value.parameters()], float(learner.log_alpha))
+                        [p.detach().clone() for p in learner.value.parameters()], float(learner.log_alpha.detach()))
     same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))
     policy, value, alpha = snapshot()
     learner.update(starts())
