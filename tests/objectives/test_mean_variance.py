@@ -582,11 +582,11 @@ def test_a_restart_on_a_newer_model_resets_adam_empties_the_model_starts_and_tra
     assert (other.restarted_at, other.critic_only) == (100, 1)
     learner.update(starts())
     assert learner.critic_only == 0 and learner.updates == 5
-    assert same(policy, learner.policy.parameters()) and float(learner.log_alpha) == alpha
+    assert same(policy, learner.policy.parameters()) and float(learner.log_alpha.detach()) == alpha
     assert not same(value, learner.value.parameters())
     assert not learner.actor_opt.state and learner.value_opt.state  # the actor's moments start at its first step
     learner.update(starts())  # the warm-up is over: the actor and α move again
-    assert not same(policy, learner.policy.parameters()) and float(learner.log_alpha) != alpha
+    assert not same(policy, learner.policy.parameters()) and float(learner.log_alpha.detach()) != alpha
     learner.set_model_weights(weights, version=199)  # counted from the last restart, not from 0
     assert learner.restarted_at == 100 and learner.critic_only == 0
 
