@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from umpo_dist.config import Config
-from umpo_dist.devices import cpu_kind
 from umpo_dist.data.replay import ReplayBuffer
+from umpo_dist.devices import cpu_kind
 from umpo_dist.envs.collector import EnvCollector, noise_seed, worker_seed
 from umpo_dist.envs.spec import env_spec
 from umpo_dist.models.model_learner import build_model_learner
