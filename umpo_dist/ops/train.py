@@ -86,8 +86,8 @@ def train(
         runner = make_runner(cfg, spec, run_dir, tracker.log, address)
         if callbacks:
             runner.callbacks.extend(callbacks)
-        tracker.set_tags({"device": ",".join(sorted(set(runner.devices.values()))),
-                          "learner.cpu": ",".join(sorted(set(runner.learner_cpus.values())))})
+        tracker.set_tags({tag: ",".join(sorted(set(by_role.values())))  # each distinct value once
+                          for tag, by_role in (("device", runner.devices), ("learner.cpu", runner.learner_cpus))})
     except BaseException:
         tracker.end("FAILED")
         raise
