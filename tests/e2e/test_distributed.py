@@ -89,7 +89,8 @@ def test_distributed_run_solves_inverted_pendulum_and_is_tracked(local_ray, work
                 "utilisation/policy_learner_data_wait", "update_ms/policy_learner", "update_ms/model_learner",
                 # the model diagnostics, computed in the evaluation task from the published model
                 "diagnostics/calibration_error", "diagnostics/spread_error_corr", "diagnostics/gap_share",
-                "diagnostics/imagined_return", "diagnostics/real_return", "diagnostics/member_spread"):
+                "diagnostics/imagined_return", "diagnostics/real_return", "diagnostics/member_spread",
+                "diagnostics/termination_elsewhere"):
         assert key in run.data.metrics, key
     evals = client.get_metric_history(run.info.run_id, "eval/return")
     assert max(m.value for m in evals) >= 900
