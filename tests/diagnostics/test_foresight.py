@@ -6,7 +6,7 @@ import torch
 
 from umpo_dist import config
 from umpo_dist.diagnostics.check import check_model
-from umpo_dist.diagnostics.termination import termination_foresight
+from umpo_dist.diagnostics.foresight import termination_foresight
 from umpo_dist.envs.evaluation import evaluate_policy
 from umpo_dist.envs.spec import env_spec
 from umpo_dist.models.ensemble import build_ensemble
