@@ -8,8 +8,8 @@ import numpy as np
 
 from umpo_dist.config import Config
 from umpo_dist.diagnostics.calibration import model_calibration
-from umpo_dist.diagnostics.imagination import imagination_gap
 from umpo_dist.diagnostics.foresight import termination_foresight
+from umpo_dist.diagnostics.imagination import imagination_gap
 from umpo_dist.models.ensemble import EnsembleDynamics
 from umpo_dist.models.policy import TanhGaussianPolicy
 

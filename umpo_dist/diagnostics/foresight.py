@@ -3,8 +3,8 @@
 A policy optimised through the model fears a fall only as much as the model predicts one. On
 every transition of the evaluation episodes, the model gives the probability that the episode
 ends there (1 − the continuation probability its rollouts use: the termination head's, or the
-task's rule on each member's predicted next state with `model.termination: known`), averaged over
-the members. The figures are its mean on the transitions where the real episode terminated, and
+task's rule on each member's predicted next state with `model.termination: known | known_soft`),
+averaged over the members. The figures are its mean on the transitions where the real episode terminated, and
 on all the others. A model whose head has seen few terminations (a policy that seldom falls
 gives it few) can put ≈ 0 on the very steps where the policy falls: its rollouts then promise
 the policy a future the real environment does not give it.
